@@ -1,0 +1,403 @@
+"""Integrated Gradients in plain PyTorch: no Lightning needed.
+
+``IG_i(x) = (x_i - x'_i) * integral_0^1 dF(x' + a (x - x')) / dx_i da``, computed with a
+quadrature rule from :mod:`ig_lightning.quadrature`. Every point of every example is an
+independent forward+backward, so points are batched (``internal_batch_size`` caps a batch).
+
+Example::
+
+    >>> import torch
+    >>> w = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
+    >>> res = integrated_gradients(lambda x: x @ w, torch.ones(2, 3, dtype=torch.float64))
+    >>> res.attributions[0].tolist()
+    [1.0, -2.0, 3.0]
+    >>> res.delta.tolist(), res.n_steps.tolist()
+    ([2.0, 2.0], [50, 50])
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from ig_lightning._checks import check_int, check_positive_float, check_target
+from ig_lightning._layer import LayerTap, tap_layer
+from ig_lightning.quadrature import (
+    Refinement,
+    check_method,
+    check_n_steps,
+    first_steps,
+    next_steps,
+    quadrature_rule,
+    refine,
+)
+
+__all__ = ["IGResult", "NonFiniteAttributionWarning", "integrated_gradients"]
+
+ForwardFunc = Callable[[torch.Tensor], torch.Tensor]
+
+
+class NonFiniteAttributionWarning(RuntimeWarning):
+    """Some attributions are NaN or infinite (the model's gradients or outputs are)."""
+
+
+@dataclass
+class IGResult:
+    """What :func:`integrated_gradients` returns.
+
+    Attributes:
+        attributions: Same shape and dtype as the inputs (or as the layer's output with ``layer=``).
+        delta: ``F(x) - F(x')`` per example, shape ``(B,)``.
+        completeness_error: Attributions summed per example minus ``delta``, signed, shape ``(B,)``.
+        n_steps: Points of the quadrature rule that produced each example's attributions, ``(B,)``.
+        n_evaluations: Gradient evaluations spent per example, ``(B,)``: equal to ``n_steps`` for a fixed
+            rule and for nested refinement, larger with ``n_steps="auto"`` and Gauss-Legendre (not nested).
+    """
+
+    attributions: torch.Tensor
+    delta: torch.Tensor
+    completeness_error: torch.Tensor
+    n_steps: torch.Tensor
+    n_evaluations: torch.Tensor
+
+    def relative_error(self, delta_floor: float = 1e-3) -> torch.Tensor:
+        """``|completeness_error| / max(|delta|, delta_floor)`` per example."""
+        return self.completeness_error.abs() / self.delta.abs().clamp_min(delta_floor)
+
+    def to(self, device: torch.device | str) -> IGResult:
+        """A copy with every tensor moved to ``device``."""
+        return IGResult(*(t.to(device) for t in (self.attributions, self.delta, self.completeness_error,
+                                                  self.n_steps, self.n_evaluations)))
+
+
+@contextmanager
+def gradients_enabled() -> Iterator[None]:
+    """Leave ``inference_mode`` and ``no_grad`` (Lightning validates under them) for the block."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+@contextmanager
+def frozen_parameters(forward_func: object) -> Iterator[None]:
+    """Stop recording parameter gradients for the block (they are never needed), then restore the flags.
+
+    The graph then holds only what the input gradient needs, which saves time and memory.
+    ``.grad`` is never touched: gradients are taken with ``torch.autograd.grad``.
+    """
+    params = [p for p in forward_func.parameters() if p.requires_grad] if isinstance(forward_func, nn.Module) else []
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def _own_copy(t: torch.Tensor) -> torch.Tensor:
+    # A fresh, ordinary tensor: usable by autograd even if it was created under inference_mode.
+    return t.detach().clone()
+
+
+def _make_baselines(baselines: Any, inputs: torch.Tensor) -> torch.Tensor:
+    if baselines is None:
+        return torch.zeros_like(inputs)
+    if isinstance(baselines, numbers.Number) and not isinstance(baselines, bool):
+        if not inputs.dtype.is_floating_point and not isinstance(baselines, numbers.Integral):
+            raise TypeError(f"`baselines` must be an int for integer inputs, got {baselines!r}")
+        return torch.full_like(inputs, baselines)
+    if not isinstance(baselines, torch.Tensor):
+        raise TypeError(f"`baselines` must be None, a number or a Tensor, got {type(baselines).__name__}")
+    try:
+        shape = torch.broadcast_shapes(baselines.shape, inputs.shape)
+    except RuntimeError:
+        shape = None
+    if shape != inputs.shape:
+        raise ValueError(
+            f"`baselines` of shape {tuple(baselines.shape)} does not broadcast to the inputs' shape "
+            f"{tuple(inputs.shape)}"
+        )
+    if inputs.dtype.is_floating_point != baselines.dtype.is_floating_point:
+        raise TypeError(f"`baselines` dtype {baselines.dtype} does not match the inputs' dtype {inputs.dtype}")
+    return _own_copy(baselines.to(device=inputs.device, dtype=inputs.dtype).expand_as(inputs))
+
+
+def _select_outputs(out: Any, target: torch.Tensor | None, n: int) -> torch.Tensor:
+    """One scalar per row: ``out`` (n,) or (n, C) indexed by ``target``."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"`forward_func` must return a Tensor, got {type(out).__name__}")
+    if out.ndim not in (1, 2) or out.shape[0] != n:
+        raise ValueError(
+            f"`forward_func` must return outputs of shape ({n},) or ({n}, C) for {n} inputs, got {tuple(out.shape)}"
+        )
+    if out.ndim == 1:
+        if target is not None:
+            raise ValueError(f"`target` must be None when `forward_func` returns shape ({n},), got a target")
+        return out
+    n_classes = out.shape[1]
+    if target is None:
+        if n_classes != 1:
+            raise ValueError(f"`target` is None but `forward_func` returns {n_classes} outputs per example: pass a target")
+        return out[:, 0]
+    bad = (target < 0) | (target >= n_classes)
+    if bool(bad.any()):
+        raise ValueError(f"`target` must be in [0, {n_classes - 1}], got {target[bad][:5].tolist()}")
+    return out.gather(1, target.to(out.device).view(-1, 1)).squeeze(1)
+
+
+class _Path:
+    """The straight path ``start + a * (end - start)`` for every example, and gradients along it."""
+
+    def __init__(
+        self,
+        forward_func: ForwardFunc,
+        inputs: torch.Tensor,
+        start: torch.Tensor,
+        end: torch.Tensor,
+        target: torch.Tensor | None,
+        internal_batch_size: int | None,
+        tap: LayerTap | None,
+    ) -> None:
+        self.forward_func, self.inputs, self.start, self.end = forward_func, inputs, start, end
+        self.target, self.batch, self.tap = target, internal_batch_size, tap
+
+    def _grad(self, points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        points.requires_grad_(True)
+        if self.tap is None:
+            out = self.forward_func(points)
+        else:  # the layer's output becomes the path point; the model still reads the real inputs
+            out = self.tap.run(self.forward_func, self.inputs[idx], replacement=points)
+        target = None if self.target is None else self.target[idx]
+        (grad,) = torch.autograd.grad(_select_outputs(out, target, len(idx)).sum(), points)
+        return grad
+
+    def weighted_gradients(self, idx: torch.Tensor, alphas: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``sum_k weights[k] * dF/dz`` at ``z = start + alphas[k] * (end - start)`` for examples ``idx``."""
+        start, diff = self.start[idx], self.end[idx] - self.start[idx]
+        b, m, feat = len(idx), len(alphas), start.shape[1:]
+        acc = torch.zeros_like(start)
+        ones = (1,) * len(feat)
+        per_alpha = m if self.batch is None else self.batch // b
+        if per_alpha >= 1:  # whole rows of alphas per batch, ordered alpha-major like captum
+            for k in range(0, m, per_alpha):
+                a, w = alphas[k:k + per_alpha], weights[k:k + per_alpha]
+                points = (start.unsqueeze(0) + a.view(-1, 1, *ones) * diff.unsqueeze(0)).reshape(-1, *feat)
+                grad = self._grad(points, idx.repeat(len(a)))
+                acc += (grad.view(len(a), b, *feat) * w.view(-1, 1, *ones)).sum(0)
+        else:  # fewer points per batch than examples: one alpha, a slice of examples at a time
+            for k in range(m):
+                for e in range(0, b, self.batch):
+                    sl = slice(e, e + self.batch)
+                    acc[sl] += weights[k] * self._grad(start[sl] + alphas[k] * diff[sl], idx[sl])
+        return acc
+
+
+def _check_layer(layer: Any, forward_func: Any) -> nn.Module | None:
+    if layer is None:
+        return None
+    if not isinstance(layer, nn.Module):
+        raise TypeError(f"`layer` must be an nn.Module inside `forward_func`, got {type(layer).__name__}")
+    if isinstance(forward_func, nn.Module) and not any(m is layer for m in forward_func.modules()):
+        raise ValueError(f"`layer` ({type(layer).__name__}) is not a submodule of `forward_func`")
+    return layer
+
+
+def _endpoints(
+    forward_func: ForwardFunc,
+    inputs: torch.Tensor,
+    baselines: torch.Tensor,
+    target: torch.Tensor | None,
+    tap: LayerTap | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(start, end, delta)`` of the path: in input space, or at the layer's output.
+
+    At a layer the path runs from the layer's output on the baselines to its output on the inputs,
+    the rest of the model reading the inputs, so ``delta`` is exactly what the path integrates.
+    """
+    n = inputs.shape[0]
+    with torch.no_grad():
+        if tap is None:
+            out = _select_outputs(forward_func(torch.cat([inputs, baselines])), _twice(target), 2 * n)
+            return baselines, inputs, out[:n] - out[n:]
+        tap.run(forward_func, baselines)
+        start = tap.output
+        f_end = _select_outputs(tap.run(forward_func, inputs), target, n)
+        end = tap.output
+        f_start = _select_outputs(tap.run(forward_func, inputs, replacement=start), target, n)
+    if not start.dtype.is_floating_point:
+        raise TypeError(f"`layer` must output floating point values, got {start.dtype}")
+    return _own_copy(start), _own_copy(end), f_end - f_start
+
+
+def _twice(target: torch.Tensor | None) -> torch.Tensor | None:
+    return None if target is None else torch.cat([target, target])
+
+
+def integrated_gradients(
+    forward_func: ForwardFunc,
+    inputs: torch.Tensor,
+    *,
+    target: int | Sequence[int] | torch.Tensor | None = None,
+    baselines: float | torch.Tensor | None = None,
+    n_steps: int | str = 50,
+    method: str = "gausslegendre",
+    internal_batch_size: int | None = None,
+    tolerance: float = 0.01,
+    layer: nn.Module | None = None,
+    max_steps: int = 512,
+    delta_floor: float = 1e-3,
+) -> IGResult:
+    """Integrated Gradients of ``forward_func`` at ``inputs`` relative to ``baselines``.
+
+    Works under ``torch.no_grad()`` and ``torch.inference_mode()`` and on tensors made there.
+    Never touches parameters' ``.grad`` and leaves no hook or ``requires_grad`` change behind.
+    The model's training mode is the caller's: call ``model.eval()`` first for dropout/BatchNorm.
+
+    Args:
+        forward_func: An ``nn.Module`` or callable mapping a batch ``(B, ...)`` to outputs ``(B,)`` or ``(B, C)``.
+        inputs: The batch to explain, ``(B, ...)``; floating point unless ``layer`` is given.
+        target: Which output to explain: ``None`` (outputs are ``(B,)`` or ``(B, 1)``), an int, or ``(B,)`` ints.
+        baselines: ``None`` (zeros), a number, or a Tensor broadcastable to ``inputs``.
+        n_steps: Points of the quadrature rule, or ``"auto"``: refine each example until
+            ``|completeness_error| <= tolerance * max(|delta|, delta_floor)`` or ``max_steps`` is reached.
+        method: ``riemann_left``, ``riemann_right``, ``riemann_middle``, ``riemann_trapezoid`` or
+            ``gausslegendre`` (captum's names). With ``"auto"`` the Riemann rules reuse every gradient
+            already computed (nested grids); Gauss-Legendre is not nested and recomputes.
+        internal_batch_size: Most points per forward/backward; ``None`` = all at once.
+        tolerance: With ``n_steps="auto"``: relative completeness target per example.
+        layer: A module inside ``forward_func``: attribute at its output (e.g. an ``nn.Embedding``
+            for token ids). The baseline there is the layer's output on ``baselines``.
+        max_steps: With ``n_steps="auto"``: the most points one example may use.
+        delta_floor: With ``n_steps="auto"``: examples with ``|delta|`` below it get the absolute target
+            ``tolerance * delta_floor`` (a degenerate baseline leaves nothing to be relative to); a warning says so.
+
+    Returns:
+        An :class:`IGResult`; its tensors are on the inputs' device.
+
+    Raises:
+        TypeError: an argument of the wrong type (named in the message).
+        ValueError: an argument with a bad value, or outputs of the wrong shape.
+
+    Warns:
+        NonFiniteAttributionWarning: some attributions are NaN or infinite.
+        RuntimeWarning: with ``"auto"``, examples that did not converge or have a degenerate ``delta``.
+
+    Example::
+
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+        >>> x = torch.randn(5, 4)
+        >>> res = integrated_gradients(model, x, target=2, n_steps="auto", tolerance=1e-3)
+        >>> bool((res.completeness_error.abs() <= 1e-3 * res.delta.abs().clamp_min(1e-3) + 1e-6).all())
+        True
+    """
+    if not callable(forward_func):
+        raise TypeError(f"`forward_func` must be callable, got {type(forward_func).__name__}")
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"`inputs` must be a Tensor, got {type(inputs).__name__}")
+    if inputs.ndim < 1 or inputs.shape[0] == 0:
+        raise ValueError(f"`inputs` must have a non-empty batch dimension, got shape {tuple(inputs.shape)}")
+    layer = _check_layer(layer, forward_func)
+    if layer is None and not inputs.dtype.is_floating_point:
+        raise TypeError(f"`inputs` must be floating point (got {inputs.dtype}); for token ids pass `layer=`")
+    method = check_method(method)
+    auto = n_steps == "auto"
+    if not auto:
+        if isinstance(n_steps, str):
+            raise ValueError(f"`n_steps` must be an int or 'auto', got {n_steps!r}")
+        n_steps = check_n_steps(n_steps, method)
+    if internal_batch_size is not None:
+        internal_batch_size = check_int(internal_batch_size, "internal_batch_size", minimum=1)
+    tolerance = check_positive_float(tolerance, "tolerance")
+    max_steps = check_n_steps(max_steps, method, name="max_steps")
+    delta_floor = check_positive_float(delta_floor, "delta_floor")
+    n = inputs.shape[0]
+    target_t = check_target(target, n)
+
+    with gradients_enabled(), frozen_parameters(forward_func):
+        x = _own_copy(inputs)
+        base = _make_baselines(baselines, x)
+        if target_t is not None:
+            target_t = target_t.to(x.device)
+        with tap_layer(layer) if layer is not None else _no_tap() as tap:
+            start, end, delta = _endpoints(forward_func, x, base, target_t, tap)
+            path = _Path(forward_func, x, start, end, target_t, internal_batch_size, tap)
+            if auto:
+                avg_grad, steps, evals = _integrate_auto(path, method, delta, tolerance, max_steps, delta_floor)
+            else:
+                alphas, weights = quadrature_rule(method, n_steps, dtype=start.dtype, device=start.device)
+                avg_grad = path.weighted_gradients(torch.arange(n, device=x.device), alphas, weights)
+                steps = evals = torch.full((n,), n_steps, dtype=torch.long, device=x.device)
+    attributions = (end - start) * avg_grad
+    error = attributions.reshape(n, -1).sum(1) - delta
+    _warn_non_finite(attributions)
+    return IGResult(attributions.detach(), delta.detach(), error.detach(), steps, evals)
+
+
+@contextmanager
+def _no_tap() -> Iterator[None]:
+    yield None
+
+
+def _integrate_auto(
+    path: _Path, method: str, delta: torch.Tensor, tolerance: float, max_steps: int, delta_floor: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Refine each example's rule until its completeness error is within tolerance, reusing nested points."""
+    n, device = delta.shape[0], delta.device
+    avg_grad = torch.zeros_like(path.start)
+    steps = torch.zeros(n, dtype=torch.long, device=device)
+    evals = torch.zeros(n, dtype=torch.long, device=device)
+    goal = tolerance * delta.abs().clamp_min(delta_floor)
+    flat_diff = (path.end - path.start).reshape(n, -1)
+    active = torch.arange(n, device=device)
+    current: int | None = None
+    while len(active):
+        if current is None and first_steps(method) > max_steps:
+            rule = quadrature_rule(method, max_steps, dtype=path.start.dtype, device=device)
+            step = Refinement(max_steps, *rule, old_scale=0.0)
+        else:
+            step = refine(method, current, dtype=path.start.dtype, device=device)
+        new = path.weighted_gradients(active, step.alphas, step.weights)
+        avg_grad[active] = step.old_scale * avg_grad[active] + new
+        steps[active] = step.n_steps
+        evals[active] += len(step.alphas)
+        error = (flat_diff[active] * avg_grad[active].reshape(len(active), -1)).sum(1) - delta[active]
+        # Non-finite errors cannot improve by refining: stop there, the caller is warned.
+        unfinished = (error.abs() > goal[active]) & torch.isfinite(error)
+        active = active[unfinished]
+        current = step.n_steps
+        if len(active) and next_steps(method, current) > max_steps:
+            warnings.warn(
+                f"n_steps='auto': {len(active)} of {n} examples did not reach tolerance={tolerance} within "
+                f"max_steps={max_steps}; they used {current} steps (see `n_steps` of the result)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            break
+    degenerate = int((delta.abs() < delta_floor).sum())
+    if degenerate:
+        warnings.warn(
+            f"n_steps='auto': {degenerate} of {n} examples have |F(x) - F(baseline)| < delta_floor={delta_floor}; "
+            f"their completeness target is absolute ({tolerance * delta_floor:g})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return avg_grad, steps, evals
+
+
+def _warn_non_finite(attributions: torch.Tensor) -> None:
+    bad = ~torch.isfinite(attributions.reshape(attributions.shape[0], -1)).all(1)
+    if bool(bad.any()):
+        idx = bad.nonzero().flatten().tolist()
+        warnings.warn(
+            f"attributions of {len(idx)} example(s) are NaN or infinite (examples {idx[:10]}): "
+            "the model's outputs or gradients are not finite there",
+            NonFiniteAttributionWarning,
+            stacklevel=3,
+        )

@@ -1,0 +1,181 @@
+"""Quadrature rules on [0, 1] for the path integral of Integrated Gradients.
+
+A rule is a set of points ``alphas`` in [0, 1] and weights summing to one, so that
+``integral_0^1 g(a) da ~= sum_k weights[k] * g(alphas[k])``. The rules are kept apart
+from the attribution code: the engine only asks for points and weights.
+
+Nested rules (the Riemann family) can be refined while reusing every point already
+evaluated: :func:`refine` returns only the new points, their weights in the finer rule,
+and the factor by which the old estimate is scaled. Gauss-Legendre is not nested, so its
+refinement starts over (``old_scale == 0``).
+
+Example::
+
+    >>> import torch
+    >>> alphas, weights = quadrature_rule("riemann_trapezoid", 3, dtype=torch.float64)
+    >>> alphas.tolist(), weights.tolist()
+    ([0.0, 0.5, 1.0], [0.25, 0.5, 0.25])
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+METHODS = (
+    "riemann_left",
+    "riemann_right",
+    "riemann_middle",
+    "riemann_trapezoid",
+    "gausslegendre",
+)
+
+#: Smallest number of points each rule accepts.
+MIN_STEPS = {method: (2 if method == "riemann_trapezoid" else 1) for method in METHODS}
+
+
+class Refinement(NamedTuple):
+    """How to go from an ``n``-point estimate to a finer one.
+
+    The finer estimate is ``old_scale * old_estimate + sum_k weights[k] * g(alphas[k])``.
+    """
+
+    n_steps: int
+    alphas: torch.Tensor
+    weights: torch.Tensor
+    old_scale: float
+
+
+def check_method(method: object) -> str:
+    """Return ``method`` if it names a rule, else raise naming the bad value."""
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+    return method
+
+
+def check_n_steps(n_steps: object, method: str, name: str = "n_steps") -> int:
+    """Return ``n_steps`` as an int if the rule accepts it, else raise naming it."""
+    if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)):
+        raise TypeError(f"`{name}` must be an int, got {n_steps!r}")
+    low = MIN_STEPS[method]
+    if n_steps < low:
+        raise ValueError(f"`{name}` must be >= {low} for method {method!r}, got {n_steps}")
+    return int(n_steps)
+
+
+def _points_and_weights(method: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    k = np.arange(n, dtype=np.float64)
+    if method == "riemann_left":
+        return k / n, np.full(n, 1.0 / n)
+    if method == "riemann_right":
+        return (k + 1) / n, np.full(n, 1.0 / n)
+    if method == "riemann_middle":
+        return (k + 0.5) / n, np.full(n, 1.0 / n)
+    if method == "riemann_trapezoid":
+        weights = np.full(n, 1.0 / (n - 1))
+        weights[[0, -1]] *= 0.5
+        return k / (n - 1), weights
+    nodes, weights = np.polynomial.legendre.leggauss(n)
+    return (nodes + 1.0) / 2.0, weights / 2.0
+
+
+def _as_tensors(
+    alphas: np.ndarray, weights: np.ndarray, dtype: torch.dtype, device: torch.device | str | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # Computed in float64, cast once; weights renormalised in the target dtype so they sum to one there.
+    a = torch.as_tensor(alphas, dtype=torch.float64).to(dtype=dtype, device=device)
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    w = (w / w.sum()).to(dtype=dtype, device=device)
+    return a, w
+
+
+def quadrature_rule(
+    method: str,
+    n_steps: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points in [0, 1] and weights (summing to one) of an ``n_steps``-point rule.
+
+    Args:
+        method: One of :data:`METHODS` (captum's names).
+        n_steps: Number of points; at least 2 for ``riemann_trapezoid``, else at least 1.
+        dtype: Floating dtype of the returned tensors (use the inputs' dtype).
+        device: Device of the returned tensors.
+
+    Returns:
+        ``(alphas, weights)``, two 1-D tensors of length ``n_steps``.
+
+    Raises:
+        ValueError: unknown ``method`` or too few ``n_steps``.
+        TypeError: ``n_steps`` is not an int.
+
+    Example::
+
+        >>> a, w = quadrature_rule("gausslegendre", 2, dtype=torch.float64)
+        >>> float(w.sum())
+        1.0
+    """
+    method = check_method(method)
+    n = check_n_steps(n_steps, method)
+    return _as_tensors(*_points_and_weights(method, n), dtype=dtype, device=device)
+
+
+def first_steps(method: str) -> int:
+    """Where ``n_steps="auto"`` starts for ``method``."""
+    return {"riemann_middle": 3, "riemann_trapezoid": 3}.get(check_method(method), 4)
+
+
+def next_steps(method: str, n: int) -> int:
+    """The next, finer size after ``n`` points: one that nests where the rule allows."""
+    if method == "riemann_middle":
+        return 3 * n  # midpoints of n cells are midpoints of 3n cells
+    if method == "riemann_trapezoid":
+        return 2 * n - 1  # halve every interval
+    return 2 * n
+
+
+def refine(
+    method: str,
+    n: int | None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Refinement:
+    """The new points needed to go from an ``n``-point estimate to the next size.
+
+    Args:
+        method: One of :data:`METHODS`.
+        n: Points of the current estimate, or ``None`` for the first estimate.
+        dtype: Floating dtype of the returned tensors.
+        device: Device of the returned tensors.
+
+    Returns:
+        A :class:`Refinement`; with ``n=None`` it is the whole first rule and ``old_scale`` is 0.
+
+    Example::
+
+        >>> r = refine("riemann_left", 2, dtype=torch.float64)
+        >>> r.n_steps, r.alphas.tolist(), r.weights.tolist(), r.old_scale
+        (4, [0.25, 0.75], [0.25, 0.25], 0.5)
+    """
+    method = check_method(method)
+    if n is None:
+        m = first_steps(method)
+        return Refinement(m, *quadrature_rule(method, m, dtype=dtype, device=device), 0.0)
+    m = next_steps(method, n)
+    alphas, weights = _points_and_weights(method, m)
+    if method == "gausslegendre":
+        return Refinement(m, *_as_tensors(alphas, weights, dtype, device), 0.0)
+    old, _ = _points_and_weights(method, n)
+    # A point is new unless it lies on the coarser grid (the grids are exact binary/ternary fractions
+    # up to rounding, hence the tolerance).
+    is_new = np.abs(alphas[:, None] - old[None, :]).min(axis=1) > 0.25 / m
+    # Nested rules scale every old weight by the same factor: the finer rule's mass on the old points.
+    old_scale = float(weights[~is_new].sum())
+    a = torch.as_tensor(alphas[is_new], dtype=torch.float64).to(dtype=dtype, device=device)
+    w = torch.as_tensor(weights[is_new], dtype=torch.float64).to(dtype=dtype, device=device)
+    return Refinement(m, a, w, old_scale)
