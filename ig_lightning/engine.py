@@ -147,7 +147,7 @@ def _select_outputs(out: Any, target: torch.Tensor | None, n: int) -> torch.Tens
         return out[:, 0]
     bad = (target < 0) | (target >= n_classes)
     if bool(bad.any()):
-        raise ValueError(f"`target` must be in [0, {n_classes - 1}], got {target[bad][:5].tolist()}")
+        raise ValueError(f"`target` must be in [0, {n_classes - 1}], got {target[bad].unique()[:5].tolist()}")
     return out.gather(1, target.to(out.device).view(-1, 1)).squeeze(1)
 
 
@@ -174,8 +174,14 @@ class _Path:
         else:  # the layer's output becomes the path point; the model still reads the real inputs
             out = self.tap.run(self.forward_func, self.inputs[idx], replacement=points)
         target = None if self.target is None else self.target[idx]
-        (grad,) = torch.autograd.grad(_select_outputs(out, target, len(idx)).sum(), points)
-        return grad
+        selected = _select_outputs(out, target, len(idx))
+        if not selected.requires_grad:
+            raise ValueError(
+                    "`forward_func` output does not depend differentiably on its inputs: does it detach them, "
+                "or run under torch.no_grad()/inference_mode() itself?"
+            )
+        (grad,) = torch.autograd.grad(selected.sum(), points, allow_unused=True)
+        return torch.zeros_like(points) if grad is None else grad
 
     def weighted_gradients(self, idx: torch.Tensor, alphas: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """``sum_k weights[k] * dF/dz`` at ``z = start + alphas[k] * (end - start)`` for examples ``idx``."""
