@@ -1,0 +1,289 @@
+"""Read the "rules" a network has learned off its attributions.
+
+Following the Integrated Gradients paper, a rule is a feature that carries the attribution
+for a class: e.g. the tokens "how many" for questions with a numeric answer. Features are
+integer *keys* (token ids, so a word pools over positions; feature indices for tables;
+pixel indices for images). Summing each key's attribution over the examples of a class and
+keeping the largest gives the class's rules; comparing two checks shows rules appearing or fading.
+
+Example::
+
+    >>> import torch
+    >>> keys = torch.tensor([[7, 1], [3, 1]])
+    >>> scores = torch.tensor([[0.75, 0.25], [0.5, -0.25]])
+    >>> class_top_features(keys, scores, torch.tensor([0, 1]), k=1)
+    {0: [(7, 0.75)], 1: [(3, 0.5)]}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+REDUCTIONS = ("sum", "mean")
+
+
+def _check_tensor(x: object, name: str, ndim: int | None = None) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"`{name}` must be {ndim}-D, got shape {tuple(x.shape)}")
+    return x.detach()
+
+
+def _check_integer(x: torch.Tensor, name: str) -> torch.Tensor:
+    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+        raise TypeError(f"`{name}` must be an integer tensor (e.g. int64), got {x.dtype}")
+    return x.long()
+
+
+def _check_targets(targets: object, n: int) -> torch.Tensor:
+    t = _check_integer(_check_tensor(targets, "targets", 1), "targets")
+    if t.shape[0] != n:
+        raise ValueError(f"`targets` must hold one class per example ({n}), got {t.shape[0]}")
+    return t
+
+
+def _check_k(k: object) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"`k` must be an int, got {k!r}")
+    if k < 1:
+        raise ValueError(f"`k` must be >= 1, got {k}")
+    return int(k)
+
+
+def _check_inputs(
+    keys: object, scores: object, targets: object, mask: object
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    key = _check_integer(_check_tensor(keys, "keys", 2), "keys").cpu()
+    score = _check_tensor(scores, "scores", 2).cpu()
+    if not score.dtype.is_floating_point:
+        raise TypeError(f"`scores` must be a floating tensor, got {score.dtype}")
+    if score.shape != key.shape:
+        raise ValueError(f"`scores` must match keys {tuple(key.shape)}, got {tuple(score.shape)}")
+    target = _check_targets(targets, key.shape[0]).cpu()
+    if mask is None:
+        return key, score, target, torch.ones_like(key, dtype=torch.bool)
+    m = _check_tensor(mask, "mask").cpu()
+    if m.dtype != torch.bool:
+        raise TypeError(f"`mask` must be a bool tensor, got {m.dtype}")
+    if m.shape != key.shape:
+        raise ValueError(f"`mask` must match keys {tuple(key.shape)}, got {tuple(m.shape)}")
+    return key, score, target, m
+
+
+def class_top_features(
+    keys: torch.Tensor,
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    k: int = 10,
+    mask: torch.Tensor | None = None,
+    reduce: str = "sum",
+) -> dict[int, list[tuple[int, float]]]:
+    """The ``k`` keys carrying the most attribution for each class in ``targets``.
+
+    Each key's scores are pooled over all positions of all examples of a class; ``"mean"``
+    divides that sum by how often the key occurs in the class (unmasked). Keys are ranked by
+    the pooled score, largest first (evidence for the class), ties broken by smaller key.
+    Negative scores only appear when a class has fewer than ``k`` keys with larger ones.
+
+    Args:
+        keys: ``(N, T)`` integer ids of the features at each position.
+        scores: ``(N, T)`` floating attribution of each position (e.g. summed over embedding dims).
+        targets: ``(N,)`` integer class of each example.
+        k: Keys kept per class.
+        mask: Optional ``(N, T)`` bool, False for positions to ignore (padding).
+        reduce: ``"sum"`` or ``"mean"``.
+
+    Returns:
+        ``{class: [(key, score), ...]}`` with python ints and floats, one entry per class
+        present in ``targets`` (an empty list when all its positions are masked).
+
+    Raises:
+        TypeError: a tensor of the wrong kind or dtype, ``k`` not an int.
+        ValueError: wrong shapes, ``k`` < 1, unknown ``reduce``.
+
+    Example::
+
+        >>> keys = torch.tensor([[5, 5, 2], [5, 2, 2]])
+        >>> scores = torch.tensor([[1.0, 1.0, 0.5], [1.0, 0.5, 0.5]])
+        >>> class_top_features(keys, scores, torch.tensor([0, 0]), reduce="mean")
+        {0: [(5, 1.0), (2, 0.5)]}
+    """
+    key, score, target, m = _check_inputs(keys, scores, targets, mask)
+    k = _check_k(k)
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"`reduce` must be one of {REDUCTIONS}, got {reduce!r}")
+
+    classes = target.unsqueeze(1).expand_as(key)[m]
+    pairs, inverse = torch.unique(torch.stack([classes, key[m]], dim=1), dim=0, return_inverse=True)
+    totals = torch.zeros(pairs.shape[0], dtype=torch.float64)
+    totals.index_add_(0, inverse, score[m].double())
+    if reduce == "mean":
+        totals = totals / torch.bincount(inverse, minlength=pairs.shape[0]).double()
+    return {c: _top_of_class(pairs, totals, c, k) for c in torch.unique(target).tolist()}
+
+
+def _top_of_class(pairs: torch.Tensor, totals: torch.Tensor, c: int, k: int) -> list[tuple[int, float]]:
+    # Rows of `pairs` are sorted by (class, key), so a stable sort on score breaks ties by key.
+    rows = pairs[:, 0] == c
+    class_keys, class_totals = pairs[rows, 1], totals[rows]
+    order = torch.sort(class_totals, descending=True, stable=True).indices[:k]
+    return list(zip(class_keys[order].tolist(), class_totals[order].tolist()))
+
+
+def rule_changes(
+    previous: dict[int, list[tuple[int, float]]] | None,
+    current: dict[int, list[tuple[int, float]]],
+) -> dict[int, dict[str, list[int]]]:
+    """Which keys entered or left each class's top features since the previous check.
+
+    Args:
+        previous: Output of :func:`class_top_features` at the previous check, or None.
+        current: Output of :func:`class_top_features` now.
+
+    Returns:
+        ``{class: {"entered": [...], "left": [...]}}`` for each class in ``current``;
+        entered keys in ``current``'s order, left keys in ``previous``'s order. A class
+        not in ``previous`` has every key entered and none left.
+
+    Raises:
+        TypeError: ``previous`` or ``current`` is not a dict.
+
+    Example::
+
+        >>> rule_changes({0: [(1, 0.5), (2, 0.4)]}, {0: [(2, 0.6), (3, 0.1)]})
+        {0: {'entered': [3], 'left': [1]}}
+    """
+    if previous is not None and not isinstance(previous, dict):
+        raise TypeError(f"`previous` must be a dict or None, got {type(previous).__name__}")
+    if not isinstance(current, dict):
+        raise TypeError(f"`current` must be a dict, got {type(current).__name__}")
+    before_all = previous or {}
+    changes = {}
+    for c, top in current.items():
+        now = [key for key, _ in top]
+        before = [key for key, _ in before_all.get(c, [])]
+        now_set, before_set = set(now), set(before)
+        changes[c] = {
+            "entered": [key for key in now if key not in before_set],
+            "left": [key for key in before if key not in now_set],
+        }
+    return changes
+
+
+def class_mean_maps(attributions: torch.Tensor, targets: torch.Tensor) -> dict[int, torch.Tensor]:
+    """The mean attribution of each class present in ``targets``.
+
+    Args:
+        attributions: ``(N, ...)`` floating attributions.
+        targets: ``(N,)`` integer class of each example.
+
+    Returns:
+        ``{class: mean}`` with each mean shaped ``attributions.shape[1:]``, in the
+        attributions' dtype and on their device.
+
+    Raises:
+        TypeError: not tensors, ``attributions`` not floating, ``targets`` not integer.
+        ValueError: ``attributions`` has no batch dimension or ``targets`` the wrong length.
+
+    Example::
+
+        >>> attributions = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+        >>> means = class_mean_maps(attributions, torch.tensor([0, 0, 1]))
+        >>> {c: m.tolist() for c, m in means.items()}
+        {0: [2.0, 3.0], 1: [5.0, 6.0]}
+    """
+    a = _check_tensor(attributions, "attributions")
+    if not a.dtype.is_floating_point:
+        raise TypeError(f"`attributions` must be a floating tensor, got {a.dtype}")
+    if a.ndim < 1:
+        raise ValueError(f"`attributions` must be shaped (N, ...), got shape {tuple(a.shape)}")
+    target = _check_targets(targets, a.shape[0]).to(a.device)
+    classes, inverse = torch.unique(target, return_inverse=True)
+    sums = torch.zeros((classes.shape[0], *a.shape[1:]), dtype=a.dtype, device=a.device)
+    sums.index_add_(0, inverse, a)
+    counts = torch.bincount(inverse, minlength=classes.shape[0]).to(a.dtype)
+    means = sums / counts.view(-1, *([1] * (a.ndim - 1)))
+    return {c: means[i] for i, c in enumerate(classes.tolist())}
+
+
+def _escape_md(text: object) -> str:
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _namer(names: Callable[[int], str] | Sequence[str] | None, name: str) -> Callable[[int], str]:
+    """A function from int to display name; out-of-range indices fall back to ``str``."""
+    if names is None:
+        return str
+    if callable(names):
+        return lambda i: str(names(i))
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise TypeError(
+            f"`{name}` must be a callable, a sequence of str or None, got {type(names).__name__}"
+        )
+    return lambda i: str(names[i]) if 0 <= i < len(names) else str(i)
+
+
+def rules_markdown(
+    rules: dict[int, list[tuple[int, float]]],
+    changes: dict[int, dict[str, list[int]]] | None = None,
+    *,
+    key_names: Callable[[int], str] | Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    precision: int = 3,
+) -> str:
+    """A Markdown table of each class's top features (and what changed) for TensorBoard.
+
+    Args:
+        rules: Output of :func:`class_top_features`.
+        changes: Output of :func:`rule_changes`; adds "entered" and "left" columns.
+        key_names: Maps a key to a name: a callable (e.g. a tokenizer's decode) or a
+            sequence indexed by key (e.g. a vocabulary or feature names). Default ``str``.
+        class_names: Sequence indexed by class. Default ``str``.
+        precision: Digits after the decimal point.
+
+    Returns:
+        Markdown text, one row per class in ascending order; ``|`` in names is escaped.
+
+    Raises:
+        TypeError: ``rules`` not a dict, bad ``key_names``/``class_names``, ``precision`` not int.
+        ValueError: ``precision`` < 0.
+
+    Example::
+
+        >>> print(rules_markdown({0: [(7, 1.5)]}, key_names=lambda k: f"w{k}", class_names=["num"]))
+        | class | top features |
+        |---|---|
+        | num | w7 (+1.500) |
+    """
+    if not isinstance(rules, dict):
+        raise TypeError(f"`rules` must be a dict, got {type(rules).__name__}")
+    if isinstance(precision, bool) or not isinstance(precision, (int, np.integer)):
+        raise TypeError(f"`precision` must be an int, got {precision!r}")
+    if precision < 0:
+        raise ValueError(f"`precision` must be >= 0, got {precision}")
+    key_name = _namer(key_names, "key_names")
+    class_name = _namer(class_names, "class_names")
+
+    def names(keys: list[int]) -> str:
+        return ", ".join(_escape_md(key_name(key)) for key in keys) or "-"
+
+    def scored(top: list[tuple[int, float]]) -> str:
+        cells = [f"{_escape_md(key_name(key))} ({score:+.{precision}f})" for key, score in top]
+        return ", ".join(cells) or "-"
+
+    header = ["| class | top features |", "|---|---|"]
+    if changes is not None:
+        header = ["| class | top features | entered | left |", "|---|---|---|---|"]
+    lines = []
+    for c in sorted(rules):
+        row = f"| {_escape_md(class_name(c))} | {scored(rules[c])} |"
+        if changes is not None:
+            change = changes.get(c, {})
+            row += f" {names(change.get('entered', []))} | {names(change.get('left', []))} |"
+        lines.append(row)
+    return "\n".join(header + lines)
