@@ -1,0 +1,64 @@
+"""Small models and data shared by the callback tests (and the DDP worker script)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+os.environ.setdefault("PL_DISABLE_FORK", "1")
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+class TinyCNN(pl.LightningModule):
+    """Conv + BatchNorm + Dropout: every way a careless callback could change training."""
+
+    def __init__(self, classes: int = 4, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(),
+            nn.Dropout(0.3), nn.Linear(6 * 8 * 8, classes),
+        ).to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+def make_data(n: int = 96, classes: int = 4, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """Images whose class is where a bright blob sits, plus noise: learnable in a few epochs."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    x = torch.randn(n, 1, 8, 8, generator=g, dtype=dtype) * 0.3
+    for c in range(classes):
+        r, col = divmod(c, 2)
+        x[y == c, 0, r * 4:r * 4 + 4, col * 4:col * 4 + 4] += 1.0
+    return TensorDataset(x, y)
+
+
+def loaders(batch_size: int = 16, **kw):
+    data = make_data(**kw)
+    return DataLoader(data, batch_size=batch_size, shuffle=True), DataLoader(data, batch_size=batch_size)
+
+
+def trainer(tmp_path, callbacks=(), **kw) -> pl.Trainer:
+    args = dict(max_epochs=2, enable_progress_bar=False, enable_model_summary=False, logger=False,
+                enable_checkpointing=False, default_root_dir=tmp_path, accelerator="cpu", devices=1)
+    args.update(kw)
+    return pl.Trainer(callbacks=list(callbacks), **args)

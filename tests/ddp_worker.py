@@ -1,0 +1,38 @@
+"""Run by tests/test_ddp.py as `python tests/ddp_worker.py MODE OUT_DIR`: 2 CPU processes under DDP (gloo).
+
+Lightning's "ddp" strategy re-launches this script for rank 1, so everything happens at import-free top level.
+"""
+
+import sys
+
+import torch
+from conftest import TinyCNN, loaders, trainer
+
+from ig_lightning import IntegratedGradientsMonitor
+
+
+def main(mode: str, out: str) -> None:
+    torch.manual_seed(0)
+    model = TinyCNN()
+    train, val = loaders()
+    kw = dict(strategy="ddp", devices=2, accelerator="cpu")
+    if mode == "validate":
+        monitor = IntegratedGradientsMonitor(probe=5, n_steps=16)  # 5 does not split evenly over 2 ranks
+        t = trainer(out, [monitor], **kw)
+        t.validate(model, val, verbose=False)
+        r = monitor.last_result
+        torch.save({"attributions": r.attributions, "delta": r.delta, "targets": monitor.targets,
+                    "probe": monitor.probe_inputs, "metrics": monitor.last_metrics},
+                   f"{out}/rank{t.global_rank}.pt")
+    elif mode == "raise":
+        monitor = IntegratedGradientsMonitor(probe=6, n_steps=4, drift_threshold=0.0, on_breach="raise")
+        trainer(out, [monitor], max_epochs=4, **kw).fit(model, train, val)
+    elif mode == "stop":
+        monitor = IntegratedGradientsMonitor(probe=6, n_steps=4, drift_threshold=0.0, on_breach="stop")
+        t = trainer(out, [monitor], max_epochs=6, **kw)
+        t.fit(model, train, val)
+        torch.save({"epoch": t.current_epoch}, f"{out}/stop_rank{t.global_rank}.pt")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

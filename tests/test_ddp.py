@@ -1,0 +1,50 @@
+"""The monitor under Lightning's DDP with 2 CPU processes (gloo): sharded, gathered in order, global decisions."""
+
+import os
+import subprocess
+import sys
+
+import torch
+from conftest import TinyCNN, loaders, trainer
+
+from ig_lightning import IntegratedGradientsMonitor
+
+WORKER = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
+
+
+def run_worker(mode, out, timeout=240):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return subprocess.run([sys.executable, WORKER, mode, str(out)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=os.path.dirname(WORKER))
+
+
+def test_gathered_attributions_equal_a_single_process_run(tmp_path):
+    proc = run_worker("validate", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+    torch.manual_seed(0)
+    model = TinyCNN()
+    single = IntegratedGradientsMonitor(probe=5, n_steps=16)
+    trainer(tmp_path / "single", [single]).validate(model, loaders()[1], verbose=False)
+
+    for got in ranks:  # every rank holds all 5 examples, in probe order
+        assert torch.equal(got["probe"], single.probe_inputs)
+        assert torch.equal(got["targets"], single.targets)
+        torch.testing.assert_close(got["attributions"], single.last_result.attributions, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(got["delta"], single.last_result.delta, rtol=1e-5, atol=1e-7)
+    assert ranks[0]["metrics"] == ranks[1]["metrics"]
+
+
+def test_raise_happens_on_every_rank_without_deadlock(tmp_path):
+    proc = run_worker("raise", tmp_path)
+    assert proc.returncode != 0
+    assert "AttributionDriftError" in proc.stderr and "drift_threshold=0 at epoch 1" in proc.stderr
+
+
+def test_stop_stops_every_rank_at_the_same_epoch(tmp_path):
+    proc = run_worker("stop", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    epochs = [torch.load(tmp_path / f"stop_rank{r}.pt", weights_only=True)["epoch"] for r in (0, 1)]
+    assert epochs == [2, 2]
