@@ -63,8 +63,8 @@ def _name_fn(names: Names, default: Callable[[int], str]) -> Callable[[int], str
 
 def log_common(writer: Any, record: CheckRecord) -> None:
     """Histograms every view shares: attributions and per-example completeness error."""
-    writer.add_histogram("ig/attributions", record.scores.float(), record.step)
-    writer.add_histogram("ig/completeness_error", record.relative_error.float(), record.step)
+    writer.add_histogram("ig/histograms/attributions", record.scores.float(), record.step)
+    writer.add_histogram("ig/histograms/completeness_error", record.relative_error.float(), record.step)
 
 
 class ImageView:

@@ -155,7 +155,7 @@ def test_writes_pictures_histograms_and_rules_to_tensorboard(tmp_path):
     acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "histograms": 0, "tensors": 0}).Reload()
     tags = acc.Tags()
     assert {"ig/attribution_maps", "ig/class_mean_maps"} <= set(tags["images"])
-    assert {"ig/attributions", "ig/completeness_error"} <= set(tags["histograms"])
+    assert {"ig/histograms/attributions", "ig/histograms/completeness_error"} <= set(tags["histograms"])
     assert len(acc.Images("ig/attribution_maps")) == 2
     scalars = EventAccumulator(logger.log_dir).Reload().Tags()["scalars"]
     assert "ig/drift" in scalars and "ig/completeness_error" in scalars
