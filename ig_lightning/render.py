@@ -30,6 +30,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ig_lightning._checks import check_int
+
 # Token strip layout, in points (1/72 inch) for a monospace font at _FONT_SIZE.
 _FONT_SIZE = 10.0
 _CHAR_WIDTH = 0.61 * _FONT_SIZE  # DejaVu Sans Mono advance is ~0.602 em
@@ -46,14 +48,6 @@ def _check_tensor(x: object, name: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
     return x.detach().cpu().float()
-
-
-def _check_int(x: object, name: str, low: int) -> int:
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
-        raise TypeError(f"`{name}` must be an int, got {x!r}")
-    if x < low:
-        raise ValueError(f"`{name}` must be >= {low}, got {x}")
-    return int(x)
 
 
 def _check_cmap(cmap: object) -> str:
@@ -126,7 +120,7 @@ def diverging_lut(cmap: str = "RdBu_r", n: int = 257) -> torch.Tensor:
         (torch.Size([5, 3]), torch.uint8)
     """
     cmap = _check_cmap(cmap)
-    n = _check_int(n, "n", 3)
+    n = check_int(n, "n", minimum=3)
     if n % 2 == 0:
         raise ValueError(f"`n` must be odd so zero has its own entry, got {n}")
     return _cached_lut(cmap, n).clone()
@@ -278,8 +272,8 @@ def image_grid(
             f"`attributions` must match inputs {tuple(x.shape)}, got {tuple(attributions.shape)}"
         )
     s = _check_scales(scales, x.shape[0]).view(-1, 1, 1)
-    min_size = _check_int(min_size, "min_size", 1)
-    pad = _check_int(pad, "pad", 0)
+    min_size = check_int(min_size, "min_size", minimum=1)
+    pad = check_int(pad, "pad", minimum=0)
     lut = _cached_lut(_check_cmap(cmap), 257)
 
     signed = torch.nan_to_num(a.sum(dim=1))  # (N, H, W)
@@ -360,7 +354,7 @@ def token_strip(
     s = _check_tensor(scores, "scores")
     rows = _check_tokens(tokens, s)
     scale = _check_scales(scales, len(rows)).view(-1, 1)
-    max_tokens = _check_int(max_tokens, "max_tokens", 1)
+    max_tokens = check_int(max_tokens, "max_tokens", minimum=1)
     colours = colorize_signed(s, scale, _cached_lut(_check_cmap(cmap), 257))  # (N, T, 3)
     lines = _strip_lines(rows, max_tokens)
 
@@ -421,7 +415,7 @@ def token_table(
     """
     s = _check_tensor(scores, "scores")
     rows = _check_tokens(tokens, s)
-    precision = _check_int(precision, "precision", 0)
+    precision = check_int(precision, "precision", minimum=0)
     lines = [f"### {_escape_md(title)}", ""] if title else []
     lines += ["| # | tokens (score) |", "|---|---|"]
     for i, row in enumerate(rows):
@@ -470,7 +464,7 @@ def bar_chart(
     if v.ndim != 1 or v.numel() == 0:
         raise ValueError(f"`values` must be a non-empty 1-D tensor, got shape {tuple(v.shape)}")
     labels = _bar_names(names, v.numel())
-    max_bars = _check_int(max_bars, "max_bars", 1)
+    max_bars = check_int(max_bars, "max_bars", minimum=1)
     limit = _check_bar_scale(scale)
     lut = _cached_lut(_check_cmap(cmap), 257)
 

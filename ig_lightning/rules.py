@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
+
+from ig_lightning._checks import check_int
 
 REDUCTIONS = ("sum", "mean")
 
@@ -44,14 +45,6 @@ def _check_targets(targets: object, n: int) -> torch.Tensor:
     if t.shape[0] != n:
         raise ValueError(f"`targets` must hold one class per example ({n}), got {t.shape[0]}")
     return t
-
-
-def _check_k(k: object) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"`k` must be an int, got {k!r}")
-    if k < 1:
-        raise ValueError(f"`k` must be >= 1, got {k}")
-    return int(k)
 
 
 def _check_inputs(
@@ -114,7 +107,7 @@ def class_top_features(
         {0: [(5, 1.0), (2, 0.5)]}
     """
     key, score, target, m = _check_inputs(keys, scores, targets, mask)
-    k = _check_k(k)
+    k = check_int(k, "k", minimum=1)
     if reduce not in REDUCTIONS:
         raise ValueError(f"`reduce` must be one of {REDUCTIONS}, got {reduce!r}")
 
@@ -262,10 +255,7 @@ def rules_markdown(
     """
     if not isinstance(rules, dict):
         raise TypeError(f"`rules` must be a dict, got {type(rules).__name__}")
-    if isinstance(precision, bool) or not isinstance(precision, (int, np.integer)):
-        raise TypeError(f"`precision` must be an int, got {precision!r}")
-    if precision < 0:
-        raise ValueError(f"`precision` must be >= 0, got {precision}")
+    precision = check_int(precision, "precision", minimum=0)
     key_name = _namer(key_names, "key_names")
     class_name = _namer(class_names, "class_names")
 
