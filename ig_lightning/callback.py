@@ -6,7 +6,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -137,29 +137,32 @@ class IntegratedGradientsMonitor(Callback):
         self,
         probe: int | torch.Tensor | tuple[torch.Tensor, torch.Tensor] = 16,
         *,
-        target: str | int | Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] = "auto",
-        baseline: float | torch.Tensor | None = None,
-        n_steps: int | str = 32,
-        method: str = "gausslegendre",
+        target: Literal["auto", "label", "prediction"] | int | Callable[[torch.Tensor, Any], torch.Tensor] = "auto",
+        baseline: float | torch.Tensor | list | None = None,
+        n_steps: int | Literal["auto"] = 32,
+        method: Literal[
+            "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"
+        ] = "gausslegendre",
         internal_batch_size: int | None = None,
         tolerance: float = 0.01,
         max_steps: int = 256,
         layer: str | None = None,
-        output_transform: str | Callable[[torch.Tensor], torch.Tensor] | None = None,
+        output_transform: Literal["softmax", "log_softmax", "sigmoid"] | Callable[[torch.Tensor], torch.Tensor]
+        | None = None,
         unpack: Unpack | None = None,
         every_n_epochs: int = 1,
-        drift_metric: str = "cosine",
-        drift_reference: str = "previous",
+        drift_metric: Literal["cosine", "spearman", "topk_jaccard"] = "cosine",
+        drift_reference: Literal["previous", "first"] = "previous",
         drift_threshold: float | None = None,
         completeness_threshold: float | None = None,
-        region: torch.Tensor | None = None,
+        region: torch.Tensor | list | None = None,
         region_threshold: float | None = None,
         warmup: int = 0,
         patience: int = 1,
-        on_breach: str = "warn",
+        on_breach: Literal["warn", "stop", "raise"] = "warn",
         top_k: int = 10,
         autocast: bool = False,
-        kind: str = "auto",
+        kind: Literal["auto", "image", "text", "tabular"] = "auto",
         vocabulary: Names = None,
         feature_names: Sequence[str] | None = None,
         class_names: Sequence[str] | None = None,
@@ -173,6 +176,8 @@ class IntegratedGradientsMonitor(Callback):
         elif not callable(target):
             check_int(target, "target", minimum=0)
         self.target = target
+        if isinstance(baseline, list):  # from a config file
+            baseline = torch.tensor(baseline)
         if baseline is not None and not isinstance(baseline, (int, float, torch.Tensor)) or isinstance(baseline, bool):
             raise TypeError(f"`baseline` must be None, a number or a Tensor, got {type(baseline).__name__}")
         self.baseline = baseline
@@ -203,6 +208,8 @@ class IntegratedGradientsMonitor(Callback):
         self.drift_reference = _check_choice(drift_reference, "drift_reference", REFERENCES)
         self.drift_threshold = _check_optional_threshold(drift_threshold, "drift_threshold")
         self.completeness_threshold = _check_optional_threshold(completeness_threshold, "completeness_threshold")
+        if isinstance(region, list):  # from a config file: nested lists of booleans
+            region = torch.tensor(region)
         if region is not None and (not isinstance(region, torch.Tensor) or region.dtype != torch.bool):
             raise TypeError(f"`region` must be a bool Tensor mask over one example's features, got {region!r}")
         self.region = region
@@ -437,8 +444,8 @@ class IntegratedGradientsMonitor(Callback):
         flat = scores.reshape(len(scores), -1)
         if self._resolved_kind(scores) == "text":  # pool positions by token id, leaving out baseline tokens
             keys = self.probe_inputs.reshape(len(scores), -1).long()
-            base = self.baseline if isinstance(self.baseline, int) else 0
-            mask = keys != base
+            base = torch.as_tensor(0 if self.baseline is None else self.baseline).cpu()
+            mask = keys != base.expand_as(self.probe_inputs).reshape(keys.shape)
         else:
             keys = torch.arange(flat.shape[1]).expand_as(flat)
             mask = None
@@ -463,7 +470,7 @@ class IntegratedGradientsMonitor(Callback):
             return TextView(self.vocabulary, self.class_names, self.max_images)
         if kind == "tabular":
             return TabularView(self.feature_names, self.class_names, max_examples=min(4, self.max_images))
-        return ImageView(self.max_images)
+        return ImageView(self.class_names, self.max_images)
 
     def _log_pictures(self, trainer: Trainer, record: CheckRecord) -> None:
         if not trainer.is_global_zero or self._tensorboard is None:

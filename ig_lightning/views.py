@@ -70,8 +70,8 @@ def log_common(writer: Any, record: CheckRecord) -> None:
 class ImageView:
     """Input, signed heatmap and overlay per probe example, and class-mean maps, as grid images."""
 
-    def __init__(self, max_examples: int = 8, cmap: str = "RdBu_r") -> None:
-        self.max_examples, self.cmap = max_examples, cmap
+    def __init__(self, class_names: Sequence[str] | None = None, max_examples: int = 8, cmap: str = "RdBu_r") -> None:
+        self.class_names, self.max_examples, self.cmap = class_names, max_examples, cmap
 
     def log(self, writer: Any, record: CheckRecord) -> None:
         n = min(self.max_examples, record.inputs.shape[0])
@@ -85,8 +85,23 @@ class ImageView:
         scales = torch.stack([record.scales[record.targets == c].mean() for c in classes])
         grid = render.image_grid(mean_inputs, torch.stack([maps[c] for c in classes]), scales, cmap=self.cmap)
         writer.add_image("ig/class_mean_maps", grid, record.step, dataformats="CHW")
-        writer.add_text("ig/rules", "Class-mean maps, one row per class: " + ", ".join(map(str, classes)),
-                        record.step)
+        if record.rules:
+            names = _name_fn(self.class_names, str)
+            caption = "Rows of `ig/class_mean_maps`: " + ", ".join(names(c) for c in classes) + "\n\n"
+            table = rules_markdown(record.rules, record.changes, key_names=pixel_namer(record.scores.shape[1:]),
+                                   class_names=self.class_names)
+            writer.add_text("ig/rules", caption + table, record.step)
+
+
+def pixel_namer(shape: Sequence[int]) -> Callable[[int], str]:
+    """Names of flat feature indices of an image: ``(row,col)``, with the channel first when there are several."""
+    shape = tuple(shape)
+
+    def name(index: int) -> str:
+        coords = [int(c) for c in torch.unravel_index(torch.tensor(index), shape)]
+        return str(tuple(coords[1:] if len(shape) == 3 and shape[0] == 1 else coords)).replace(" ", "")
+
+    return name
 
 
 class TextView:

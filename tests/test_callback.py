@@ -397,3 +397,12 @@ def test_label_target_without_labels_is_explained(tmp_path):
     monitor = IntegratedGradientsMonitor(probe=make_data()[:4][0], target="label")
     with pytest.raises(ValueError, match="`target`='label' needs integer class labels"):
         trainer(tmp_path, [monitor]).validate(TinyCNN(), loaders()[1], verbose=False)
+
+
+def test_region_and_baseline_accept_lists_from_config_files():
+    monitor = IntegratedGradientsMonitor(region=[[True, False], [False, False]], region_threshold=0.5,
+                                         baseline=[0.0, 0.5])
+    assert monitor.region.dtype == torch.bool and monitor.region.shape == (2, 2)
+    assert torch.equal(monitor.baseline, torch.tensor([0.0, 0.5]))
+    with pytest.raises(TypeError, match="`region`"):
+        IntegratedGradientsMonitor(region=[[1, 0]])

@@ -1,6 +1,7 @@
 """The monitor under Lightning's DDP with 2 CPU processes (gloo): sharded, gathered in order, global decisions."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -12,8 +13,15 @@ from ig_lightning import IntegratedGradientsMonitor
 WORKER = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_worker(mode, out, timeout=240):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    # A port of its own: two runs at once (e.g. parallel test sessions) must not meet at one rendezvous.
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     env.pop("CUDA_VISIBLE_DEVICES", None)
     return subprocess.run([sys.executable, WORKER, mode, str(out)], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=os.path.dirname(WORKER))
