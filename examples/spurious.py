@@ -88,6 +88,7 @@ def make_monitor(probe: Split, **overrides: Any) -> IntegratedGradientsMonitor:
         region_threshold=REGION_THRESHOLD,
         on_breach="stop",
         class_names=CLASS_NAMES,
+        color_headroom=1.5,  # the run stops at an early check: little room is needed for attributions to grow
     )
     return IntegratedGradientsMonitor(**{**settings, **overrides})
 

@@ -120,6 +120,8 @@ class IntegratedGradientsMonitor(Callback):
         class_names: Names of the classes, for the rules tables.
         max_images: Probe examples drawn per check.
         log_images: Draw pictures to TensorBoard (scalars are always logged).
+        color_headroom: Each example's colour scale is fixed at the first check, at this many times its
+            largest ``|attribution|`` then (attributions grow as a model learns); larger values saturate.
 
     Raises:
         ValueError: an argument with a bad value (named in the message).
@@ -168,6 +170,7 @@ class IntegratedGradientsMonitor(Callback):
         class_names: Sequence[str] | None = None,
         max_images: int = 8,
         log_images: bool = True,
+        color_headroom: float = 4.0,
     ) -> None:
         self.probe_inputs, self.probe_labels = self._check_probe(probe)
         self.probe_size = probe if isinstance(probe, int) else self.probe_inputs.shape[0]
@@ -227,6 +230,7 @@ class IntegratedGradientsMonitor(Callback):
         self.vocabulary, self.feature_names, self.class_names = vocabulary, feature_names, class_names
         self.max_images = check_int(max_images, "max_images", minimum=1)
         self.log_images = bool(log_images)
+        self.color_headroom = check_positive_float(color_headroom, "color_headroom")
 
         # Progress (in the checkpoint): the probe, its targets, references and counters.
         self.targets: torch.Tensor | None = None
@@ -328,8 +332,8 @@ class IntegratedGradientsMonitor(Callback):
             metrics["ig/drift"] = metrics[f"ig/drift_{self.drift_metric}"]
         if self.region is not None:
             metrics["ig/region_mass"] = self._region_mass(result.attributions)
-        if self.scales is None:  # fixed per-example colour scale: the first check's largest |attribution|
-            self.scales = scores.reshape(len(scores), -1).abs().amax(1).clamp_min(1e-12)
+        if self.scales is None:  # fixed per-example colour scale, with room for attributions to grow
+            self.scales = self.color_headroom * scores.reshape(len(scores), -1).abs().amax(1).clamp_min(1e-12)
         if self.first_scores is None:
             self.first_scores = scores
         self.previous_scores = scores

@@ -406,3 +406,17 @@ def test_region_and_baseline_accept_lists_from_config_files():
     assert torch.equal(monitor.baseline, torch.tensor([0.0, 0.5]))
     with pytest.raises(TypeError, match="`region`"):
         IntegratedGradientsMonitor(region=[[1, 0]])
+
+
+def test_colour_scales_are_fixed_at_the_first_check_with_headroom(tmp_path):
+    monitor = IntegratedGradientsMonitor(probe=6, n_steps=8, color_headroom=3.0)
+    fit(tmp_path, monitor, max_epochs=1)
+    first = monitor.scales.clone()
+    expected = 3.0 * monitor.first_scores.reshape(6, -1).abs().amax(1)
+    torch.testing.assert_close(first, expected)
+    t = trainer(tmp_path, [monitor], max_epochs=3)
+    torch.manual_seed(0)
+    t.fit(TinyCNN(), *loaders())
+    assert torch.equal(monitor.scales, first)  # later checks draw on the same scale
+    with pytest.raises(ValueError, match="`color_headroom`"):
+        IntegratedGradientsMonitor(color_headroom=0)
