@@ -21,7 +21,7 @@ so its attributions are scaled down by that factor. The rule is checked by its o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 import torch
@@ -83,6 +83,7 @@ class Case:
 
 
 def _make_case(name: str) -> Case:
+    """A float64 model in eval mode and its inputs, the same for every call (fixed seed)."""
     torch.manual_seed(0)
     if name == "mlp":
         model, x = MLP(), torch.randn(BATCH, 10)
@@ -110,6 +111,7 @@ CONFIGS = {
 
 
 def _resolve(case: Case, config: dict) -> tuple[int | torch.Tensor, torch.Tensor | int, int | None]:
+    """``(target, baselines, internal_batch_size)`` for one case and config."""
     target = config["target"]
     if target == "per_example":
         target = torch.arange(BATCH, dtype=torch.long) % N_CLASSES
@@ -120,7 +122,15 @@ def _resolve(case: Case, config: dict) -> tuple[int | torch.Tensor, torch.Tensor
     return target, baselines, config["internal_batch_size"]
 
 
-def _captum_attribute(case: Case, method: str, n_steps: int, target, baselines, batch) -> tuple:
+def _captum_attribute(
+    case: Case,
+    method: str,
+    n_steps: int,
+    target: int | torch.Tensor,
+    baselines: torch.Tensor | int,
+    batch: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """captum's attributions and its convergence delta, ``sum(attributions) - (F(x) - F(x'))``."""
     explainer = (
         LayerIntegratedGradients(case.model, case.model.embedding)
         if case.is_layer
@@ -138,6 +148,7 @@ def _captum_attribute(case: Case, method: str, n_steps: int, target, baselines, 
 
 
 def _assert_close(name: str, ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    """Assert closeness; the message gives the max abs difference and both values."""
     diff = (ours - theirs).abs().max().item()
     assert torch.allclose(ours, theirs, rtol=RTOL, atol=ATOL), (
         f"{name}: max abs difference {diff:.3e}\nours:   {ours.flatten()[:12].tolist()}\n"
@@ -146,7 +157,7 @@ def _assert_close(name: str, ours: torch.Tensor, theirs: torch.Tensor) -> None:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
+def one_thread() -> Iterator[None]:
     """Tiny models run many small ops: one thread is faster and steadier on a busy machine."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -179,11 +190,13 @@ def test_matches_captum(model_name: str, method: str, config_name: str) -> None:
 
 
 def _affine(x: torch.Tensor) -> torch.Tensor:
+    """``w . x + b``: its gradient is the same everywhere."""
     w = torch.linspace(-1.0, 2.0, x.shape[1], dtype=x.dtype)
     return x @ w + 0.5
 
 
 def _quadratic(x: torch.Tensor) -> torch.Tensor:
+    """A quadratic form: its gradient is affine in x, hence linear in alpha along the path."""
     return (x**2).sum(1) + x[:, 0] * x[:, 1]
 
 
