@@ -167,7 +167,20 @@ class _Path:
         self.forward_func, self.inputs, self.start, self.end = forward_func, inputs, start, end
         self.target, self.batch, self.tap = target, internal_batch_size, tap
 
-    def _grad(self, points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def gradients_at(self, idx: torch.Tensor, alphas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradients and outputs at ``start + alphas[j] * (end - start)`` of example ``idx[j]``, for every j."""
+        grads, outputs = [], []
+        batch = self.batch or len(idx)
+        for k in range(0, len(idx), batch):
+            i, a = idx[k:k + batch], alphas[k:k + batch]
+            start = self.start[i]
+            a = a.view(-1, *(1,) * (start.ndim - 1))
+            grad, out = self._grad(start + a * (self.end[i] - start), i, with_outputs=True)
+            grads.append(grad)
+            outputs.append(out)
+        return torch.cat(grads), torch.cat(outputs)
+
+    def _grad(self, points: torch.Tensor, idx: torch.Tensor, with_outputs: bool = False):
         points.requires_grad_(True)
         if self.tap is None:
             out = self.forward_func(points)
@@ -181,7 +194,8 @@ class _Path:
                 "or run under torch.no_grad()/inference_mode() itself?"
             )
         (grad,) = torch.autograd.grad(selected.sum(), points, allow_unused=True)
-        return torch.zeros_like(points) if grad is None else grad
+        grad = torch.zeros_like(points) if grad is None else grad
+        return (grad, selected.detach()) if with_outputs else grad
 
     def weighted_gradients(self, idx: torch.Tensor, alphas: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """``sum_k weights[k] * dF/dz`` at ``z = start + alphas[k] * (end - start)`` for examples ``idx``."""
@@ -272,14 +286,19 @@ def integrated_gradients(
         baselines: ``None`` (zeros), a number, or a Tensor broadcastable to ``inputs``.
         n_steps: Points of the quadrature rule, or ``"auto"``: refine each example until
             ``|completeness_error| <= tolerance * max(|delta|, delta_floor)`` or ``max_steps`` is reached.
+            Completeness is one number per example: the attributions add up, but single features can
+            still be off by more than ``tolerance`` (see the README's benchmark).
         method: ``riemann_left``, ``riemann_right``, ``riemann_middle``, ``riemann_trapezoid`` or
-            ``gausslegendre`` (captum's names). With ``"auto"`` the Riemann rules reuse every gradient
-            already computed (nested grids); Gauss-Legendre is not nested and recomputes.
+            ``gausslegendre`` (captum's names). With ``"auto"``: ``riemann_trapezoid`` refines adaptively
+            (each round bisects the interval whose own completeness error is largest: the cheapest
+            choice, keeping one gradient per node in memory); the other Riemann rules double (midpoints:
+            triple) a uniform grid reusing every gradient; Gauss-Legendre is not nested and recomputes.
         internal_batch_size: Most points per forward/backward; ``None`` = all at once.
         tolerance: With ``n_steps="auto"``: relative completeness target per example.
         layer: A module inside ``forward_func``: attribute at its output (e.g. an ``nn.Embedding``
             for token ids). The baseline there is the layer's output on ``baselines``.
-        max_steps: With ``n_steps="auto"``: the most points one example may use.
+        max_steps: With ``n_steps="auto"``: the largest rule (points) one example may reach. Gauss-Legendre
+            spends more evaluations than its final size, as it cannot reuse points (``n_evaluations``).
         delta_floor: With ``n_steps="auto"``: examples with ``|delta|`` below it get the absolute target
             ``tolerance * delta_floor`` (a degenerate baseline leaves nothing to be relative to); a warning says so.
 
@@ -354,13 +373,43 @@ def _no_tap() -> Iterator[None]:
 def _integrate_auto(
     path: _Path, method: str, delta: torch.Tensor, tolerance: float, max_steps: int, delta_floor: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Refine each example's rule until its completeness error is within tolerance, reusing nested points."""
+    """Refine each example until its completeness error is within tolerance (or ``max_steps`` is reached)."""
+    goal = tolerance * delta.abs().clamp_min(delta_floor)
+    refine_all = _refine_adaptive if method == "riemann_trapezoid" else _refine_nested
+    avg_grad, steps, evals, unconverged = refine_all(path, method, delta, goal, max_steps)
+    n = delta.shape[0]
+    if unconverged:
+        warnings.warn(
+            f"n_steps='auto': {unconverged} of {n} examples did not reach tolerance={tolerance} within "
+            f"max_steps={max_steps}; `n_steps` of the result shows what they used",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    degenerate = int((delta.abs() < delta_floor).sum())
+    if degenerate:
+        warnings.warn(
+            f"n_steps='auto': {degenerate} of {n} examples have |F(x) - F(baseline)| < delta_floor={delta_floor}; "
+            f"their completeness target is absolute ({tolerance * delta_floor:g})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return avg_grad, steps, evals
+
+
+def _errors(path: _Path, avg_grad: torch.Tensor, delta: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Absolute completeness error of the examples ``idx`` with their current average gradients."""
+    diff = (path.end[idx] - path.start[idx]).reshape(len(idx), -1)
+    return ((diff * avg_grad[idx].reshape(len(idx), -1)).sum(1) - delta[idx]).abs()
+
+
+def _refine_nested(
+    path: _Path, method: str, delta: torch.Tensor, goal: torch.Tensor, max_steps: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Grow a uniform grid: x2 (x3 for midpoints) reusing every gradient; Gauss-Legendre starts over (x2)."""
     n, device = delta.shape[0], delta.device
     avg_grad = torch.zeros_like(path.start)
     steps = torch.zeros(n, dtype=torch.long, device=device)
     evals = torch.zeros(n, dtype=torch.long, device=device)
-    goal = tolerance * delta.abs().clamp_min(delta_floor)
-    flat_diff = (path.end - path.start).reshape(n, -1)
     active = torch.arange(n, device=device)
     current: int | None = None
     while len(active):
@@ -373,28 +422,69 @@ def _integrate_auto(
         avg_grad[active] = step.old_scale * avg_grad[active] + new
         steps[active] = step.n_steps
         evals[active] += len(step.alphas)
-        error = (flat_diff[active] * avg_grad[active].reshape(len(active), -1)).sum(1) - delta[active]
+        error = _errors(path, avg_grad, delta, active)
         # Non-finite errors cannot improve by refining: stop there, the caller is warned.
-        unfinished = (error.abs() > goal[active]) & torch.isfinite(error)
-        active = active[unfinished]
+        active = active[(error > goal[active]) & torch.isfinite(error)]
         current = step.n_steps
         if len(active) and next_steps(method, current) > max_steps:
-            warnings.warn(
-                f"n_steps='auto': {len(active)} of {n} examples did not reach tolerance={tolerance} within "
-                f"max_steps={max_steps}; they used {current} steps (see `n_steps` of the result)",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            return avg_grad, steps, evals, len(active)
+    return avg_grad, steps, evals, 0
+
+
+def _refine_adaptive(
+    path: _Path, method: str, delta: torch.Tensor, goal: torch.Tensor, max_steps: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Trapezoid rule on a per-example grid that bisects, each round, the interval that is most off.
+
+    Every evaluated point also gives ``F`` there, so each interval's own completeness error,
+    ``F(b) - F(a) - (b - a) * (F'(a) + F'(b)) / 2`` along the path, is known exactly: splitting the worst
+    interval puts points where the path bends (ReLU kinks, a softmax turning) and none where it is flat.
+    Nested: every gradient is kept (one vector per node and example) and reused.
+    """
+    n, device, dtype = delta.shape[0], delta.device, path.start.dtype
+    flat_diff = (path.end - path.start).reshape(n, -1)
+    idx = torch.arange(n, device=device)
+    first = torch.tensor([0.0, 0.5, 1.0], dtype=dtype, device=device)
+    grads, outputs = path.gradients_at(idx.repeat(3), first.repeat_interleave(n))
+    nodes = [
+        [(float(first[k]), grads[k * n + e], float(outputs[k * n + e]),
+          float(grads[k * n + e].reshape(-1) @ flat_diff[e])) for k in range(3)]
+        for e in range(n)
+    ]  # per example, sorted: (alpha, gradient, F, dF/dalpha)
+    avg_grad = torch.stack([0.25 * g0 + 0.5 * g1 + 0.25 * g2 for (_, g0, _, _), (_, g1, _, _), (_, g2, _, _)
+                            in nodes])
+    error = _errors(path, avg_grad, delta, idx)
+    active = idx[(error > goal) & torch.isfinite(error)]
+    gave_up = 0
+    while len(active):
+        capped = [e for e in active.tolist() if len(nodes[e]) >= max_steps]
+        gave_up += len(capped)
+        todo = [e for e in active.tolist() if len(nodes[e]) < max_steps]
+        if not todo:
             break
-    degenerate = int((delta.abs() < delta_floor).sum())
-    if degenerate:
-        warnings.warn(
-            f"n_steps='auto': {degenerate} of {n} examples have |F(x) - F(baseline)| < delta_floor={delta_floor}; "
-            f"their completeness target is absolute ({tolerance * delta_floor:g})",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return avg_grad, steps, evals
+        worst = [_worst_interval(nodes[e]) for e in todo]
+        mids = torch.tensor([(nodes[e][i][0] + nodes[e][i + 1][0]) / 2 for e, i in zip(todo, worst)],
+                            dtype=dtype, device=device)
+        todo_t = torch.tensor(todo, device=device)
+        grads, outputs = path.gradients_at(todo_t, mids)
+        for j, (e, i) in enumerate(zip(todo, worst)):
+            (a, ga, _, _), (b, gb, _, _) = nodes[e][i], nodes[e][i + 1]
+            h = b - a
+            # The interval's trapezoid h/2 (ga + gb) becomes h/4 (ga + 2 gm + gb).
+            avg_grad[e] += 0.5 * h * grads[j] - 0.25 * h * (ga + gb)
+            slope = float(grads[j].reshape(-1) @ flat_diff[e])
+            nodes[e].insert(i + 1, (float(mids[j]), grads[j], float(outputs[j]), slope))
+        error = _errors(path, avg_grad, delta, todo_t)
+        active = todo_t[(error > goal[todo_t]) & torch.isfinite(error)]
+    steps = torch.tensor([len(v) for v in nodes], dtype=torch.long, device=device)
+    return avg_grad, steps, steps.clone(), gave_up
+
+
+def _worst_interval(nodes: list[tuple[float, torch.Tensor, float, float]]) -> int:
+    """Index of the interval whose trapezoid misses its own ``F(b) - F(a)`` the most."""
+    errors = [abs((fb - fa) - (b - a) * (sa + sb) / 2)
+              for (a, _, fa, sa), (b, _, fb, sb) in zip(nodes, nodes[1:])]
+    return max(range(len(errors)), key=errors.__getitem__)
 
 
 def _warn_non_finite(attributions: torch.Tensor) -> None:

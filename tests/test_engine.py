@@ -207,8 +207,26 @@ def test_auto_reaches_the_tolerance_for_every_example(method):
         assert bool((res.n_evaluations >= res.n_steps).all())
     else:  # nested rules: no gradient is computed twice
         torch.testing.assert_close(res.n_evaluations, res.n_steps)
-    fixed = integrated_gradients(net, x[:1], target=1, n_steps=int(res.n_steps[0]), method=method)
-    torch.testing.assert_close(res.attributions[:1], fixed.attributions, rtol=1e-12, atol=1e-14)
+    if method == "riemann_trapezoid":  # adaptive grid: compare with an accurate reference instead
+        ref = integrated_gradients(net, x, target=1, n_steps=256).attributions
+        assert float((res.attributions - ref).abs().sum() / ref.abs().sum()) < 10 * tol
+    else:  # a uniform grid: the same as the fixed rule of the size reached
+        fixed = integrated_gradients(net, x[:1], target=1, n_steps=int(res.n_steps[0]), method=method)
+        torch.testing.assert_close(res.attributions[:1], fixed.attributions, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("x", [3.0, 1.7, 7.0])
+def test_adaptive_trapezoid_finds_the_kink(x):
+    # f = 1 - ReLU(1 - x): the path's derivative jumps at a = 1/x. Bisecting the interval whose own
+    # completeness error is largest homes in on the jump; a uniform grid would need ~1/tolerance points.
+    f = lambda z: 1 - torch.relu(1 - z[:, 0])  # noqa: E731
+    res = integrated_gradients(f, torch.tensor([[x]], dtype=F64), n_steps="auto", tolerance=1e-4,
+                               method="riemann_trapezoid")
+    assert float(res.attributions) == pytest.approx(1.0, abs=1e-4)
+    assert int(res.n_steps) <= 20 and int(res.n_evaluations) == int(res.n_steps)
+    uniform = integrated_gradients(f, torch.tensor([[x]], dtype=F64), n_steps=int(res.n_steps),
+                                   method="riemann_trapezoid")
+    assert abs(float(uniform.completeness_error)) > 10 * abs(float(res.completeness_error))
 
 
 def test_auto_refines_only_the_examples_that_need_it():
@@ -224,7 +242,19 @@ def test_auto_reports_the_cap_honestly():
     with pytest.warns(RuntimeWarning, match="did not reach tolerance"):
         res = integrated_gradients(net, x, target=0, n_steps="auto", tolerance=1e-12, max_steps=40,
                                    method="riemann_trapezoid")
-    assert int(res.n_steps.max()) == 33 and int(res.n_steps.max()) <= 40
+    assert int(res.n_steps.max()) == 40  # adaptive: one node at a time, up to the cap
+
+
+def test_auto_gauss_legendre_caps_some_examples_and_finishes_the_others():
+    net = mlp(act=nn.ReLU)
+    x = torch.cat([torch.full((1, 5), 1e-2, dtype=F64), torch.randn(3, 5, dtype=F64) * 3])
+    with pytest.warns(RuntimeWarning, match=r"did not reach tolerance=1e-09 within max_steps=24"):
+        res = integrated_gradients(net, x, target=0, n_steps="auto", tolerance=1e-9, max_steps=24)
+    # Doubling 4 -> 8 -> 16; 32 would pass the cap. Gauss-Legendre does not nest: 4 + 8 + 16 evaluations.
+    assert int(res.n_steps.max()) == 16 and int(res.n_evaluations.max()) == 28
+    fixed = integrated_gradients(net, x, target=0, n_steps=16)
+    capped = res.n_steps == 16
+    torch.testing.assert_close(res.attributions[capped], fixed.attributions[capped])
 
 
 def test_auto_with_a_degenerate_baseline_terminates_and_warns():
