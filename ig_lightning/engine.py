@@ -180,7 +180,8 @@ class _Path:
             outputs.append(out)
         return torch.cat(grads), torch.cat(outputs)
 
-    def _grad(self, points: torch.Tensor, idx: torch.Tensor, with_outputs: bool = False):
+    def _grad(self, points: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor | None = None,
+              with_outputs: bool = False):
         points.requires_grad_(True)
         if self.tap is None:
             out = self.forward_func(points)
@@ -193,7 +194,9 @@ class _Path:
                     "`forward_func` output does not depend differentiably on its inputs: does it detach them, "
                 "or run under torch.no_grad()/inference_mode() itself?"
             )
-        (grad,) = torch.autograd.grad(selected.sum(), points, allow_unused=True)
+        # The quadrature weights ride along as the backward's seed: no extra pass over the gradients.
+        seed = torch.ones_like(selected) if weights is None else weights.to(selected.dtype)
+        (grad,) = torch.autograd.grad(selected, points, grad_outputs=seed, allow_unused=True)
         grad = torch.zeros_like(points) if grad is None else grad
         return (grad, selected.detach()) if with_outputs else grad
 
@@ -208,13 +211,14 @@ class _Path:
             for k in range(0, m, per_alpha):
                 a, w = alphas[k:k + per_alpha], weights[k:k + per_alpha]
                 points = (start.unsqueeze(0) + a.view(-1, 1, *ones) * diff.unsqueeze(0)).reshape(-1, *feat)
-                grad = self._grad(points, idx.repeat(len(a)))
-                acc += (grad.view(len(a), b, *feat) * w.view(-1, 1, *ones)).sum(0)
+                grad = self._grad(points, idx.repeat(len(a)), w.repeat_interleave(b))
+                acc += grad.view(len(a), b, *feat).sum(0)
         else:  # fewer points per batch than examples: one alpha, a slice of examples at a time
             for k in range(m):
                 for e in range(0, b, self.batch):
                     sl = slice(e, e + self.batch)
-                    acc[sl] += weights[k] * self._grad(start[sl] + alphas[k] * diff[sl], idx[sl])
+                    seed = weights[k].expand(len(idx[sl]))
+                    acc[sl] += self._grad(start[sl] + alphas[k] * diff[sl], idx[sl], seed)
         return acc
 
 
