@@ -322,8 +322,9 @@ class IntegratedGradientsMonitor(Callback):
             "ig/completeness_error": float(relative.mean()),
             "ig/completeness_error_max": float(relative.max()),
             "ig/delta_mean": float(result.delta.mean()),
-            "ig/n_steps_mean": float(result.n_steps.double().mean()),
         }
+        if self.n_steps == "auto":
+            metrics["ig/n_steps_mean"] = float(result.n_steps.double().mean())
         finite = bool(torch.isfinite(scores).all())
         reference = self.previous_scores if self.drift_reference == "previous" else self.first_scores
         if reference is not None and finite:

@@ -111,8 +111,12 @@ def class_top_features(
     if reduce not in REDUCTIONS:
         raise ValueError(f"`reduce` must be one of {REDUCTIONS}, got {reduce!r}")
 
-    classes = target.unsqueeze(1).expand_as(key)[m]
-    pairs, inverse = torch.unique(torch.stack([classes, key[m]], dim=1), dim=0, return_inverse=True)
+    classes, kept = target.unsqueeze(1).expand_as(key)[m], key[m]
+    # One integer per (class, key) pair: a flat unique is much cheaper than a row-wise one.
+    low = int(kept.min()) if kept.numel() else 0
+    span = (int(kept.max()) - low + 1) if kept.numel() else 1
+    combined, inverse = torch.unique(classes * span + (kept - low), return_inverse=True)
+    pairs = torch.stack([torch.div(combined, span, rounding_mode="floor"), combined % span + low], dim=1)
     totals = torch.zeros(pairs.shape[0], dtype=torch.float64)
     totals.index_add_(0, inverse, score[m].double())
     if reduce == "mean":

@@ -70,12 +70,14 @@ def log_common(writer: Any, record: CheckRecord) -> None:
 class ImageView:
     """Input, signed heatmap and overlay per probe example, and class-mean maps, as grid images."""
 
-    def __init__(self, class_names: Sequence[str] | None = None, max_examples: int = 8, cmap: str = "RdBu_r") -> None:
-        self.class_names, self.max_examples, self.cmap = class_names, max_examples, cmap
+    def __init__(self, class_names: Sequence[str] | None = None, max_examples: int = 8, cmap: str = "RdBu_r",
+                 min_size: int = 64) -> None:
+        self.class_names, self.max_examples, self.cmap, self.min_size = class_names, max_examples, cmap, min_size
 
     def log(self, writer: Any, record: CheckRecord) -> None:
         n = min(self.max_examples, record.inputs.shape[0])
-        grid = render.image_grid(record.inputs[:n], record.scores[:n], record.scales[:n], cmap=self.cmap)
+        grid = render.image_grid(record.inputs[:n], record.scores[:n], record.scales[:n], cmap=self.cmap,
+                                 min_size=self.min_size)
         writer.add_image("ig/attribution_maps", grid, record.step, dataformats="CHW")
         if record.targets is None:
             return
@@ -83,7 +85,8 @@ class ImageView:
         classes = sorted(maps)
         mean_inputs = torch.stack([record.inputs[record.targets == c].float().mean(0) for c in classes])
         scales = torch.stack([record.scales[record.targets == c].mean() for c in classes])
-        grid = render.image_grid(mean_inputs, torch.stack([maps[c] for c in classes]), scales, cmap=self.cmap)
+        grid = render.image_grid(mean_inputs, torch.stack([maps[c] for c in classes]), scales, cmap=self.cmap,
+                                 min_size=self.min_size)
         writer.add_image("ig/class_mean_maps", grid, record.step, dataformats="CHW")
         if record.rules:
             names = _name_fn(self.class_names, str)
@@ -96,10 +99,14 @@ class ImageView:
 def pixel_namer(shape: Sequence[int]) -> Callable[[int], str]:
     """Names of flat feature indices of an image: ``(row,col)``, with the channel first when there are several."""
     shape = tuple(shape)
+    keep = slice(1, None) if len(shape) == 3 and shape[0] == 1 else slice(None)
 
     def name(index: int) -> str:
-        coords = [int(c) for c in torch.unravel_index(torch.tensor(index), shape)]
-        return str(tuple(coords[1:] if len(shape) == 3 and shape[0] == 1 else coords)).replace(" ", "")
+        coords = []
+        for size in reversed(shape):
+            index, c = divmod(index, size)
+            coords.append(c)
+        return "(" + ",".join(map(str, coords[::-1][keep])) + ")"
 
     return name
 

@@ -121,7 +121,7 @@ def test_scalars_reach_callback_metrics_and_early_stopping(tmp_path):
     stopper = EarlyStopping(monitor="ig/drift", mode="max", stopping_threshold=1e-9, strict=False)
     t, _ = fit(tmp_path, monitor, max_epochs=5, callbacks=[stopper])
     for name in ("ig/completeness_error", "ig/completeness_error_max", "ig/drift", "ig/drift_cosine",
-                 "ig/drift_spearman", "ig/drift_topk_jaccard", "ig/n_steps_mean"):
+                 "ig/drift_spearman", "ig/drift_topk_jaccard", "ig/delta_mean"):
         assert name in t.callback_metrics, name
     assert t.current_epoch < 5 and stopper.stopped_epoch > 0  # EarlyStopping acted on ig/drift unchanged
     assert 0 <= float(t.callback_metrics["ig/completeness_error"]) < 0.05
