@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import warnings
 
 import lightning.pytorch as pl
@@ -62,3 +63,10 @@ def trainer(tmp_path, callbacks=(), **kw) -> pl.Trainer:
                 enable_checkpointing=False, default_root_dir=tmp_path, accelerator="cpu", devices=1)
     args.update(kw)
     return pl.Trainer(callbacks=list(callbacks), **args)
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

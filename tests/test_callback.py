@@ -420,3 +420,18 @@ def test_colour_scales_are_fixed_at_the_first_check_with_headroom(tmp_path):
     assert torch.equal(monitor.scales, first)  # later checks draw on the same scale
     with pytest.raises(ValueError, match="`color_headroom`"):
         IntegratedGradientsMonitor(color_headroom=0)
+
+
+def test_single_output_models_need_no_target(tmp_path):
+    class Score(TinyCNN):
+        def forward(self, x):
+            return super().forward(x)[:, 0]  # one score per example, e.g. a regression or a binary logit
+
+        def validation_step(self, batch, batch_idx):
+            return None
+
+    monitor = IntegratedGradientsMonitor(probe=4, n_steps=8)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer(tmp_path, [monitor], logger=logger).validate(Score(), loaders()[1], verbose=False)
+    assert monitor.targets is None and monitor.rules == {}
+    assert monitor.last_metrics["ig/completeness_error"] < 0.05

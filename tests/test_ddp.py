@@ -1,22 +1,16 @@
 """The monitor under Lightning's DDP with 2 CPU processes (gloo): sharded, gathered in order, global decisions."""
 
 import os
-import socket
 import subprocess
 import sys
 
 import torch
-from conftest import TinyCNN, loaders, trainer
+from conftest import TinyCNN, free_port, loaders, trainer
 
 from ig_lightning import IntegratedGradientsMonitor
 
 WORKER = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_worker(mode, out, timeout=240):

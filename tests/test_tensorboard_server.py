@@ -1,7 +1,6 @@
 """What a user sees: a real TensorBoard server over a short run's logs serves everything the monitor wrote."""
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -11,16 +10,11 @@ import urllib.request
 
 import pytest
 import torch
-from conftest import TinyCNN, loaders, trainer
+from conftest import TinyCNN, free_port, loaders, trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from ig_lightning import IntegratedGradientsMonitor
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(base: str, path: str, **params) -> bytes:
