@@ -7,10 +7,13 @@ through a ``SummaryWriter``. Pixels come from :mod:`ig_lightning.render`, rules 
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
+from PIL import Image
+from tensorboard.compat.proto.summary_pb2 import Summary
 
 from ig_lightning import render
 from ig_lightning.rules import class_mean_maps, rules_markdown
@@ -61,6 +64,24 @@ def _name_fn(names: Names, default: Callable[[int], str]) -> Callable[[int], str
     return lambda i: names[i] if 0 <= i < len(names) else default(i)
 
 
+def add_png(writer: Any, tag: str, image: torch.Tensor, step: int) -> None:
+    """Log a ``(3, H, W)`` uint8 image, encoded once as a fast PNG.
+
+    ``SummaryWriter.add_image`` converts every image to float and back before encoding, which costs
+    more than the encoding itself; our images are already uint8 RGB.
+    """
+    file_writer = getattr(writer, "_get_file_writer", None)
+    if file_writer is None:  # not a torch SummaryWriter: let it do its own thing
+        writer.add_image(tag, image, step, dataformats="CHW")
+        return
+    pixels = image.permute(1, 2, 0).contiguous().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="RGB").save(buffer, format="PNG", compress_level=1)
+    encoded = Summary.Image(height=pixels.shape[0], width=pixels.shape[1], colorspace=3,
+                            encoded_image_string=buffer.getvalue())
+    file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=encoded)]), step)
+
+
 def log_common(writer: Any, record: CheckRecord) -> None:
     """Histograms every view shares: attributions and per-example completeness error."""
     writer.add_histogram("ig/histograms/attributions", record.scores.float(), record.step)
@@ -78,7 +99,7 @@ class ImageView:
         n = min(self.max_examples, record.inputs.shape[0])
         grid = render.image_grid(record.inputs[:n], record.scores[:n], record.scales[:n], cmap=self.cmap,
                                  min_size=self.min_size)
-        writer.add_image("ig/attribution_maps", grid, record.step, dataformats="CHW")
+        add_png(writer, "ig/attribution_maps", grid, record.step)
         if record.targets is None:
             return
         maps = class_mean_maps(record.scores, record.targets)
@@ -87,7 +108,7 @@ class ImageView:
         scales = torch.stack([record.scales[record.targets == c].mean() for c in classes])
         grid = render.image_grid(mean_inputs, torch.stack([maps[c] for c in classes]), scales, cmap=self.cmap,
                                  min_size=self.min_size)
-        writer.add_image("ig/class_mean_maps", grid, record.step, dataformats="CHW")
+        add_png(writer, "ig/class_mean_maps", grid, record.step)
         if record.rules:
             names = _name_fn(self.class_names, str)
             caption = "Rows of `ig/class_mean_maps`: " + ", ".join(names(c) for c in classes) + "\n\n"
@@ -127,7 +148,7 @@ class TextView:
         tokens = self.tokens(record.inputs[:n])
         scores = record.scores[:n].reshape(n, -1)
         strip = render.token_strip(tokens, scores, record.scales[:n], cmap=self.cmap)
-        writer.add_image("ig/token_attributions", strip, record.step, dataformats="CHW")
+        add_png(writer, "ig/token_attributions", strip, record.step)
         writer.add_text("ig/tokens", render.token_table(tokens, scores, title=f"epoch {record.epoch}"), record.step)
         if record.rules:
             table = rules_markdown(record.rules, record.changes, key_names=self.token, class_names=self.class_names)
@@ -148,10 +169,10 @@ class TabularView:
         for i in range(min(self.max_examples, scores.shape[0])):
             chart = render.bar_chart(scores[i], names, title=f"example {i}", max_bars=self.max_bars,
                                      scale=float(record.scales[i]))
-            writer.add_image(f"ig/feature_attributions/example_{i}", chart, record.step, dataformats="CHW")
+            add_png(writer, f"ig/feature_attributions/example_{i}", chart, record.step)
         chart = render.bar_chart(scores.mean(0), names, title="probe mean", max_bars=self.max_bars,
                                  scale=float(record.scales.mean()))
-        writer.add_image("ig/feature_attributions/probe_mean", chart, record.step, dataformats="CHW")
+        add_png(writer, "ig/feature_attributions/probe_mean", chart, record.step)
         if record.rules:
             table = rules_markdown(record.rules, record.changes, key_names=names, class_names=self.class_names)
             writer.add_text("ig/rules", table, record.step)
