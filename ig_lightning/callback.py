@@ -77,7 +77,9 @@ class IntegratedGradientsMonitor(Callback):
 
     Each check attributes the model's output on the probe (taken once and kept fixed), logs the
     completeness error and the drift of attributions from a reference check as scalars (usable by
-    ``EarlyStopping``/``ModelCheckpoint``), draws attribution pictures and per-class rules to
+    ``EarlyStopping``/``ModelCheckpoint``: ``ig/drift`` exists from the second check on, so watch it with
+    ``EarlyStopping(..., strict=False)``; ``ig/completeness_error`` exists at every check), draws
+    attribution pictures and per-class rules to
     TensorBoard, and can warn, stop or fail the run when a threshold is breached. Training itself is
     untouched: no parameter ``.grad``, buffer, module mode or global random stream is changed.
 
@@ -332,7 +334,7 @@ class IntegratedGradientsMonitor(Callback):
             metrics.update({f"ig/drift_{name}": float(d.mean()) for name, d in distances.items()})
             metrics["ig/drift"] = metrics[f"ig/drift_{self.drift_metric}"]
         if self.region is not None:
-            metrics["ig/region_mass"] = self._region_mass(result.attributions)
+            metrics["ig/region_mass"] = self._region_mass(scores)
         if self.scales is None:  # fixed per-example colour scale, with room for attributions to grow
             self.scales = self.color_headroom * scores.reshape(len(scores), -1).abs().amax(1).clamp_min(1e-12)
         if self.first_scores is None:
@@ -372,10 +374,19 @@ class IntegratedGradientsMonitor(Callback):
             return pl_module
         return _Transformed(pl_module, OUTPUT_TRANSFORMS[transform] if isinstance(transform, str) else transform)
 
+    @staticmethod
+    def _on_model(pl_module: LightningModule, inputs: torch.Tensor) -> torch.Tensor:
+        """``inputs`` on the model's device, floating inputs in its parameters' dtype (e.g. bf16-true)."""
+        inputs = inputs.to(pl_module.device)
+        params = [p for p in pl_module.parameters() if p.is_floating_point()]
+        return inputs.to(params[0].dtype) if inputs.is_floating_point() and params else inputs
+
     def _resolve_targets(self, pl_module: LightningModule) -> torch.Tensor | None:
-        inputs = self.probe_inputs.to(pl_module.device)
+        inputs = self._on_model(pl_module, self.probe_inputs)
+        forward = self._forward_func(pl_module)
+        step = self.internal_batch_size or len(inputs)
         with torch.no_grad(), eval_mode(pl_module):
-            outputs = self._forward_func(pl_module)(inputs).detach().cpu()
+            outputs = torch.cat([forward(inputs[i:i + step]).detach().cpu() for i in range(0, len(inputs), step)])
         n = len(inputs)
         if outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] == 1):
             return None  # one output per example: nothing to choose
@@ -405,10 +416,7 @@ class IntegratedGradientsMonitor(Callback):
         # all_gather sees equal shapes; the padding is dropped after the gather.
         idx = torch.arange(rank * per_rank, (rank + 1) * per_rank).clamp_max(n - 1)
         device = pl_module.device
-        inputs = self.probe_inputs[idx].to(device)
-        params = [p for p in pl_module.parameters() if p.is_floating_point()]
-        if inputs.is_floating_point() and params:
-            inputs = inputs.to(params[0].dtype)
+        inputs = self._on_model(pl_module, self.probe_inputs[idx])
         target = None if self.targets is None else self.targets[idx].to(device)
         precision = trainer.precision_plugin.forward_context() if self.autocast else \
             torch.autocast(device.type, enabled=False)
@@ -440,9 +448,16 @@ class IntegratedGradientsMonitor(Callback):
             return attributions.sum(-1)
         return attributions
 
-    def _region_mass(self, attributions: torch.Tensor) -> float:
-        mass = attributions.abs().reshape(len(attributions), -1)
-        region = self.region.expand(attributions.shape[1:]).reshape(-1)
+    def _region_mass(self, scores: torch.Tensor) -> float:
+        """Share of ``|attribution|`` inside ``region``, over input features (tokens, with a layer)."""
+        mass = scores.abs().reshape(len(scores), -1)
+        try:
+            region = self.region.expand(scores.shape[1:]).reshape(-1)
+        except RuntimeError:
+            raise ValueError(
+                f"`region` of shape {tuple(self.region.shape)} does not broadcast to one example's features "
+                f"{tuple(scores.shape[1:])}"
+            ) from None
         return float((mass[:, region].sum(1) / mass.sum(1).clamp_min(1e-30)).mean())
 
     def _extract_rules(self, scores: torch.Tensor) -> dict[int, list[tuple[int, float]]]:
@@ -547,6 +562,7 @@ class IntegratedGradientsMonitor(Callback):
             "previous_scores": self.previous_scores,
             "scales": self.scales,
             "rules": {int(c): [[int(k), float(v)] for k, v in r] for c, r in self.rules.items()},
+            "single_output": self._single_output,
             "checks": self.checks,
             "breach_streak": self.breach_streak,
         }
@@ -555,7 +571,7 @@ class IntegratedGradientsMonitor(Callback):
         for key in ("probe_inputs", "probe_labels", "targets", "first_scores", "previous_scores", "scales"):
             if state_dict.get(key) is not None:
                 setattr(self, key, state_dict[key])
-        self._single_output = self.probe_inputs is not None and self.targets is None and "targets" in state_dict
+        self._single_output = bool(state_dict.get("single_output", False))
         self.rules = {int(c): [(int(k), float(v)) for k, v in r] for c, r in state_dict.get("rules", {}).items()}
         self.checks = state_dict.get("checks", self.checks)
         self.breach_streak = state_dict.get("breach_streak", self.breach_streak)

@@ -232,31 +232,48 @@ def _check_layer(layer: Any, forward_func: Any) -> nn.Module | None:
     return layer
 
 
+def _chunks(n: int, batch: int | None) -> list[slice]:
+    """Slices of at most ``batch`` rows covering ``range(n)``."""
+    step = batch or n
+    return [slice(i, i + step) for i in range(0, n, step)]
+
+
 def _endpoints(
     forward_func: ForwardFunc,
     inputs: torch.Tensor,
     baselines: torch.Tensor,
     target: torch.Tensor | None,
     tap: LayerTap | None,
+    batch: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(start, end, delta)`` of the path: in input space, or at the layer's output.
 
     At a layer the path runs from the layer's output on the baselines to its output on the inputs,
     the rest of the model reading the inputs, so ``delta`` is exactly what the path integrates.
+    Forwards run at most ``batch`` examples at a time, like the path itself.
     """
     n = inputs.shape[0]
     with torch.no_grad():
         if tap is None:
-            out = _select_outputs(forward_func(torch.cat([inputs, baselines])), _twice(target), 2 * n)
+            both, targets = torch.cat([inputs, baselines]), _twice(target)
+            out = torch.cat([
+                _select_outputs(forward_func(both[sl]), None if targets is None else targets[sl], len(both[sl]))
+                for sl in _chunks(2 * n, batch)
+            ])
             return baselines, inputs, out[:n] - out[n:]
-        tap.run(forward_func, baselines)
-        start = tap.output
-        f_end = _select_outputs(tap.run(forward_func, inputs), target, n)
-        end = tap.output
-        f_start = _select_outputs(tap.run(forward_func, inputs, replacement=start), target, n)
+        starts, ends, f_end, f_start = [], [], [], []
+        for sl in _chunks(n, batch):
+            t = None if target is None else target[sl]
+            tap.run(forward_func, baselines[sl])
+            starts.append(tap.output)
+            f_end.append(_select_outputs(tap.run(forward_func, inputs[sl]), t, len(inputs[sl])))
+            ends.append(tap.output)
+            f_start.append(_select_outputs(tap.run(forward_func, inputs[sl], replacement=starts[-1]), t,
+                                           len(inputs[sl])))
+        start, end = torch.cat(starts), torch.cat(ends)
     if not start.dtype.is_floating_point:
         raise TypeError(f"`layer` must output floating point values, got {start.dtype}")
-    return _own_copy(start), _own_copy(end), f_end - f_start
+    return _own_copy(start), _own_copy(end), torch.cat(f_end) - torch.cat(f_start)
 
 
 def _twice(target: torch.Tensor | None) -> torch.Tensor | None:
@@ -345,17 +362,46 @@ def integrated_gradients(
         internal_batch_size = check_int(internal_batch_size, "internal_batch_size", minimum=1)
     tolerance = check_positive_float(tolerance, "tolerance")
     max_steps = check_n_steps(max_steps, method, name="max_steps")
+    if auto and method == "riemann_trapezoid" and max_steps < 3:
+        raise ValueError(f"`max_steps` must be >= 3 for n_steps='auto' with riemann_trapezoid, got {max_steps}")
     delta_floor = check_positive_float(delta_floor, "delta_floor")
-    n = inputs.shape[0]
-    target_t = check_target(target, n)
+    target_t = check_target(target, inputs.shape[0])
 
+    try:
+        return _integrated_gradients(forward_func, inputs, target_t, baselines, n_steps, method,
+                                     internal_batch_size, tolerance, layer, max_steps, delta_floor)
+    except RuntimeError as error:
+        if "Inference tensors cannot be saved for backward" not in str(error):
+            raise
+        raise RuntimeError(
+            "the model holds a tensor created under torch.inference_mode() (for example a cache built "
+            "lazily during trainer.validate), which autograd cannot use: build it in __init__ or under "
+            "torch.inference_mode(False)"
+        ) from error
+
+
+def _integrated_gradients(
+    forward_func: ForwardFunc,
+    inputs: torch.Tensor,
+    target_t: torch.Tensor | None,
+    baselines: Any,
+    n_steps: int | str,
+    method: str,
+    internal_batch_size: int | None,
+    tolerance: float,
+    layer: nn.Module | None,
+    max_steps: int,
+    delta_floor: float,
+) -> IGResult:
+    """The computation of :func:`integrated_gradients`, on checked arguments."""
+    n, auto = inputs.shape[0], n_steps == "auto"
     with gradients_enabled(), frozen_parameters(forward_func):
         x = _own_copy(inputs)
         base = _make_baselines(baselines, x)
         if target_t is not None:
             target_t = target_t.to(x.device)
         with tap_layer(layer) if layer is not None else _no_tap() as tap:
-            start, end, delta = _endpoints(forward_func, x, base, target_t, tap)
+            start, end, delta = _endpoints(forward_func, x, base, target_t, tap, internal_batch_size)
             path = _Path(forward_func, x, start, end, target_t, internal_batch_size, tap)
             if auto:
                 avg_grad, steps, evals = _integrate_auto(path, method, delta, tolerance, max_steps, delta_floor)
@@ -387,7 +433,7 @@ def _integrate_auto(
             f"n_steps='auto': {unconverged} of {n} examples did not reach tolerance={tolerance} within "
             f"max_steps={max_steps}; `n_steps` of the result shows what they used",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     degenerate = int((delta.abs() < delta_floor).sum())
     if degenerate:
@@ -395,7 +441,7 @@ def _integrate_auto(
             f"n_steps='auto': {degenerate} of {n} examples have |F(x) - F(baseline)| < delta_floor={delta_floor}; "
             f"their completeness target is absolute ({tolerance * delta_floor:g})",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     return avg_grad, steps, evals
 
@@ -499,5 +545,5 @@ def _warn_non_finite(attributions: torch.Tensor) -> None:
             f"attributions of {len(idx)} example(s) are NaN or infinite (examples {idx[:10]}): "
             "the model's outputs or gradients are not finite there",
             NonFiniteAttributionWarning,
-            stacklevel=3,
+            stacklevel=4,
         )

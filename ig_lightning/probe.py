@@ -68,7 +68,10 @@ def take_probe(
     """
     dataset = getattr(dataloader, "dataset", None)
     collate = getattr(dataloader, "collate_fn", None) or default_collate
-    if dataset is not None and not isinstance(dataset, IterableDataset) and hasattr(dataset, "__len__"):
+    # Without automatic batching (batch_size=None) the dataset's items are whole batches: read the loader.
+    batches_items = getattr(dataloader, "batch_sampler", True) is None
+    if (dataset is not None and not isinstance(dataset, IterableDataset) and hasattr(dataset, "__len__")
+            and not batches_items):
         count = min(n, len(dataset))
         if count == 0:
             raise ValueError("the validation dataset is empty: cannot take a probe from it")

@@ -435,3 +435,64 @@ def test_single_output_models_need_no_target(tmp_path):
     trainer(tmp_path, [monitor], logger=logger).validate(Score(), loaders()[1], verbose=False)
     assert monitor.targets is None and monitor.rules == {}
     assert monitor.last_metrics["ig/completeness_error"] < 0.05
+
+
+def test_resume_from_a_checkpoint_saved_before_the_first_check(tmp_path):
+    x, y = make_data()[:6]
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    early = IntegratedGradientsMonitor(probe=(x, y), n_steps=4, every_n_epochs=2)
+    fit(tmp_path, early, max_epochs=1, callbacks=[ckpt], enable_checkpointing=True)
+    assert early.checks == 0
+    resumed = IntegratedGradientsMonitor(probe=(x, y), n_steps=4, every_n_epochs=2)
+    torch.manual_seed(0)
+    trainer(tmp_path, [resumed], max_epochs=2).fit(TinyCNN(), *loaders(), ckpt_path=ckpt.last_model_path)
+    assert resumed.checks == 1 and torch.equal(resumed.targets, y)
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "64-true"])
+def test_true_precisions(tmp_path, precision):
+    monitor = IntegratedGradientsMonitor(probe=4, n_steps=8)
+    fit(tmp_path, monitor, max_epochs=1, precision=precision)
+    assert monitor.checks == 1 and math.isfinite(monitor.last_metrics["ig/completeness_error"])
+
+
+def test_region_with_a_layer_is_over_tokens(tmp_path):
+    class Tokens(TinyCNN):
+        def __init__(self):
+            super().__init__()
+            self.embedding = torch.nn.Embedding(10, 3)
+            self.head = torch.nn.Linear(3, 2)
+
+        def forward(self, ids):
+            return self.head(self.embedding(ids).mean(1))
+
+        def validation_step(self, batch, batch_idx):
+            return None
+
+    ids = torch.randint(1, 10, (8, 5))
+    data = torch.utils.data.TensorDataset(ids, torch.randint(0, 2, (8,)))
+    region = torch.tensor([True, False, False, False, False])  # the first token
+    monitor = IntegratedGradientsMonitor(probe=8, n_steps=8, layer="embedding", region=region)
+    torch.manual_seed(0)
+    trainer(tmp_path, [monitor]).validate(Tokens(), DataLoader(data, batch_size=4), verbose=False)
+    tokens = monitor.last_result.attributions.sum(-1).abs()
+    expected = float((tokens[:, 0] / tokens.sum(1)).mean())
+    assert monitor.last_metrics["ig/region_mass"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_probe_from_a_loader_of_whole_batches(tmp_path):
+    class Batches(torch.utils.data.Dataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            x, y = make_data()[i * 4:(i + 1) * 4]
+            return x, y
+
+    class Plain(TinyCNN):
+        def validation_step(self, batch, batch_idx):
+            return None
+
+    monitor = IntegratedGradientsMonitor(probe=6, n_steps=4)
+    trainer(tmp_path, [monitor]).validate(Plain(), DataLoader(Batches(), batch_size=None), verbose=False)
+    assert torch.equal(monitor.probe_inputs, make_data()[:6][0])

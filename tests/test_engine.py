@@ -356,3 +356,39 @@ def test_no_warning_on_the_happy_path():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         integrated_gradients(mlp(), X, target=0, n_steps="auto")
+
+
+def test_no_forward_sees_more_than_internal_batch_size_rows():
+    model = TokenModel().double()
+    sizes = []
+    model.register_forward_pre_hook(lambda mod, args: sizes.append(args[0].shape[0]))
+    ids = torch.randint(1, 20, (9, 4))
+    integrated_gradients(model, ids, target=1, layer=model.embedding, n_steps=4, internal_batch_size=3)
+    net = mlp()
+    net.register_forward_pre_hook(lambda mod, args: sizes.append(args[0].shape[0]))
+    integrated_gradients(net, torch.randn(9, 5, dtype=F64), target=0, n_steps="auto", internal_batch_size=3,
+                         method="riemann_trapezoid")
+    assert max(sizes) <= 3
+
+
+def test_adaptive_trapezoid_needs_three_points():
+    with pytest.raises(ValueError, match="`max_steps` must be >= 3 for n_steps='auto' with riemann_trapezoid"):
+        integrated_gradients(mlp(), X, target=0, n_steps="auto", method="riemann_trapezoid", max_steps=2)
+
+
+def test_a_cache_made_under_inference_mode_is_explained():
+    class Cached(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.scale = mlp(), None
+
+        def forward(self, x):
+            if self.scale is None:
+                self.scale = torch.ones(5, dtype=F64)  # built lazily: under inference_mode on first use
+            return self.net(x * self.scale)
+
+    model = Cached()
+    with torch.inference_mode():
+        model(X)
+        with pytest.raises(RuntimeError, match="created under torch.inference_mode"):
+            integrated_gradients(model, X, target=0, n_steps=4)
