@@ -1,6 +1,6 @@
 """Wall time of a full training run with the monitor at its defaults vs without it, as a ratio.
 
-``python -m benchmarks.bench_overhead [--epochs 10] [--repeats 3]``: the digits CNN of
+``python -m benchmarks.bench_overhead [--epochs 10] [--repeats 7]``: the digits CNN of
 ``examples/digits.py`` trained for ``--epochs`` on CPU, with and without
 ``IntegratedGradientsMonitor()`` (probe of 16, 32 Gauss-Legendre steps, pictures to TensorBoard),
 runs interleaved so that both see the same machine load; medians are compared.
@@ -41,7 +41,7 @@ def one_run(settings: dict | None, epochs: int, root: str) -> float:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
