@@ -107,6 +107,12 @@ def was_stopped(run: Run) -> bool:
     return run.trainer.current_epoch < run.trainer.max_epochs
 
 
+def classes_reading_the_mark(run: Run, top: int = 5) -> list[int]:
+    """The classes whose extracted rules have a pixel of the mark among their ``top`` features."""
+    mark = set(CUE_REGION.reshape(-1).nonzero().flatten().tolist())
+    return [c for c, rules in sorted(run.monitor.rules.items()) if mark & {key for key, _ in rules[:top]}]
+
+
 def report(mode: str, run: Run) -> str:
     """One line: the model's region mass and whether the monitor stopped its run."""
     mass = run.monitor.last_metrics["ig/region_mass"]
@@ -114,7 +120,8 @@ def report(mode: str, run: Run) -> str:
         verdict = f"> {REGION_THRESHOLD}: stopped by the monitor after {run.trainer.current_epoch} epoch(s)"
     else:
         verdict = f"<= {REGION_THRESHOLD}: trained all {run.trainer.current_epoch} epochs"
-    line = f"{mode:>5} model: ig/region_mass {mass:.3f} ({CUE_REGION.sum()} of 64 pixels) {verdict}"
+    line = (f"{mode:>5} model: ig/region_mass {mass:.3f} ({CUE_REGION.sum()} of 64 pixels) {verdict}; "
+            f"classes whose top-5 rules hold a mark pixel: {classes_reading_the_mark(run) or 'none'}")
     print(line, flush=True)
     return line
 

@@ -91,5 +91,8 @@ def test_spurious_cue_is_found_and_the_run_stopped(tmp_path: Path) -> None:
     assert cue_mass > spurious.REGION_THRESHOLD > clean_mass
     assert cue_mass > 2 * clean_mass
     assert spurious.was_stopped(cue) and cue.monitor.checks == 1 and cue.trainer.current_epoch == 1
+    # The rules name the mark for the classes that carried it, and for no other class.
+    reading = spurious.classes_reading_the_mark(cue)
+    assert set(reading) <= set(spurious.CUE_CLASSES) and len(reading) >= 3
     assert not spurious.was_stopped(clean) and clean.monitor.checks == 2
     assert "stopped by the monitor" in spurious.report("cue", cue)
