@@ -35,4 +35,10 @@ def main(mode: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    try:
+        main(sys.argv[1], sys.argv[2])
+    finally:
+        # Lightning leaves the process group alive; tearing gloo down at interpreter exit can abort
+        # ("terminate called without an active exception"), so end it here.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
