@@ -19,7 +19,7 @@ from ig_lightning._checks import check_int, check_positive_float, check_target
 from ig_lightning.drift import DRIFT_METRICS, drift_distances
 from ig_lightning.engine import IGResult, integrated_gradients
 from ig_lightning.probe import Unpack, default_unpack, first_val_dataloader, take_probe
-from ig_lightning.quadrature import check_method, check_n_steps
+from ig_lightning.quadrature import check_method, check_n_steps, check_n_steps_or_auto
 from ig_lightning.rules import class_top_features, rule_changes
 from ig_lightning.safety import eval_mode, preserved_rng
 from ig_lightning.views import (
@@ -187,11 +187,7 @@ class IntegratedGradientsMonitor(Callback):
             raise TypeError(f"`baseline` must be None, a number or a Tensor, got {type(baseline).__name__}")
         self.baseline = baseline
         self.method = check_method(method)
-        if n_steps != "auto":
-            if isinstance(n_steps, str):
-                raise ValueError(f"`n_steps` must be an int or 'auto', got {n_steps!r}")
-            n_steps = check_n_steps(n_steps, self.method)
-        self.n_steps = n_steps
+        self.n_steps = check_n_steps_or_auto(n_steps, self.method)
         self.internal_batch_size = (
             None if internal_batch_size is None else check_int(internal_batch_size, "internal_batch_size", minimum=1)
         )
@@ -319,6 +315,23 @@ class IntegratedGradientsMonitor(Callback):
         self._ensure_probe(trainer, pl_module)
         result = self._attribute(trainer, pl_module)
         scores = self._feature_scores(result.attributions)
+        finite = bool(torch.isfinite(scores).all())
+        metrics = self._measure(result, scores, finite)
+        self._log_scalars(trainer, pl_module, metrics)
+        if self.scales is None:  # fixed per-example colour scale, with room for attributions to grow
+            self.scales = self.color_headroom * scores.reshape(len(scores), -1).abs().amax(1).clamp_min(1e-12)
+        if self.first_scores is None:
+            self.first_scores = scores
+        self.previous_scores = scores
+        changes = self._update_rules(trainer, scores, finite)
+        self.checks += 1
+        self.last_result, self.last_metrics = result, metrics
+        record = CheckRecord(trainer.global_step, trainer.current_epoch, self.probe_inputs, self.targets, scores,
+                             self.scales, result.relative_error(DELTA_FLOOR), self.rules, changes)
+        return record, self._breaches(trainer, metrics, finite)
+
+    def _measure(self, result: IGResult, scores: torch.Tensor, finite: bool) -> dict[str, float]:
+        """The check's scalars: completeness, drift against the reference (from the second check on), region."""
         relative = result.relative_error(DELTA_FLOOR)
         metrics = {
             "ig/completeness_error": float(relative.mean()),
@@ -327,7 +340,6 @@ class IntegratedGradientsMonitor(Callback):
         }
         if self.n_steps == "auto":
             metrics["ig/n_steps_mean"] = float(result.n_steps.double().mean())
-        finite = bool(torch.isfinite(scores).all())
         reference = self.previous_scores if self.drift_reference == "previous" else self.first_scores
         if reference is not None and finite:
             distances = drift_distances(scores, reference, k=self.top_k)
@@ -335,24 +347,19 @@ class IntegratedGradientsMonitor(Callback):
             metrics["ig/drift"] = metrics[f"ig/drift_{self.drift_metric}"]
         if self.region is not None:
             metrics["ig/region_mass"] = self._region_mass(scores)
-        if self.scales is None:  # fixed per-example colour scale, with room for attributions to grow
-            self.scales = self.color_headroom * scores.reshape(len(scores), -1).abs().amax(1).clamp_min(1e-12)
-        if self.first_scores is None:
-            self.first_scores = scores
-        self.previous_scores = scores
-        self._log_scalars(trainer, pl_module, metrics)
+        return metrics
 
-        previous_rules = self.rules or None
+    def _update_rules(
+        self, trainer: Trainer, scores: torch.Tensor, finite: bool
+    ) -> dict[int, dict[str, list[int]]] | None:
+        """Extract this check's rules and return what entered/left each class's top-k since the last one."""
+        previous = self.rules or None
         if self.targets is not None and finite:
             self.rules = self._extract_rules(scores)
-        changes = rule_changes(previous_rules, self.rules) if self.rules else None
+        changes = rule_changes(previous, self.rules) if self.rules else None
         self.rules_history.append({"epoch": trainer.current_epoch, "step": trainer.global_step,
                                    "rules": self.rules, "changes": changes})
-        self.checks += 1
-        self.last_result, self.last_metrics = result, metrics
-        record = CheckRecord(trainer.global_step, trainer.current_epoch, self.probe_inputs, self.targets, scores,
-                             self.scales, relative, self.rules, changes)
-        return record, self._breaches(trainer, metrics, finite)
+        return changes
 
     def _ensure_probe(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Take the probe (once) and fix the targets (once), identically on every process."""

@@ -32,6 +32,7 @@ from ig_lightning.quadrature import (
     Refinement,
     check_method,
     check_n_steps,
+    check_n_steps_or_auto,
     first_steps,
     next_steps,
     quadrature_rule,
@@ -353,11 +354,8 @@ def integrated_gradients(
     if layer is None and not inputs.dtype.is_floating_point:
         raise TypeError(f"`inputs` must be floating point (got {inputs.dtype}); for token ids pass `layer=`")
     method = check_method(method)
+    n_steps = check_n_steps_or_auto(n_steps, method)
     auto = n_steps == "auto"
-    if not auto:
-        if isinstance(n_steps, str):
-            raise ValueError(f"`n_steps` must be an int or 'auto', got {n_steps!r}")
-        n_steps = check_n_steps(n_steps, method)
     if internal_batch_size is not None:
         internal_batch_size = check_int(internal_batch_size, "internal_batch_size", minimum=1)
     tolerance = check_positive_float(tolerance, "tolerance")

@@ -67,6 +67,15 @@ def check_n_steps(n_steps: object, method: str, name: str = "n_steps") -> int:
     return int(n_steps)
 
 
+def check_n_steps_or_auto(n_steps: object, method: str) -> int | str:
+    """Return ``"auto"`` or a valid ``n_steps`` for ``method``, else raise naming it."""
+    if n_steps == "auto":
+        return "auto"
+    if isinstance(n_steps, str):
+        raise ValueError(f"`n_steps` must be an int or 'auto', got {n_steps!r}")
+    return check_n_steps(n_steps, method)
+
+
 @functools.lru_cache(maxsize=256)
 def _points_and_weights(method: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     # Cached (Gauss-Legendre nodes cost ~14 ms at n=512); read-only so no caller can change the cache.
