@@ -6,6 +6,7 @@ An example builds its data module, model and :class:`~ig_lightning.IntegratedGra
 
 from __future__ import annotations
 
+import argparse
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -220,3 +221,15 @@ def summarize(
     text = "\n".join(lines)
     print(text, flush=True)
     return text
+
+
+def example_main(
+    doc: str, train: Callable[..., Run], *, epochs: int, argv: list[str] | None = None,
+    key_names: KeyNames = None, class_names: KeyNames = None,
+) -> Run:
+    """``python -m examples.NAME [--epochs N]``: train with the monitor, then print the summary."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=epochs)
+    run = train(max_epochs=parser.parse_args(argv).epochs)
+    summarize(run.monitor, run.root_dir, key_names=key_names, class_names=class_names)
+    return run

@@ -7,7 +7,6 @@ IMAGES tab shows each probe digit with its signed attribution map, SCALARS the c
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from examples.common import RUNS, Classifier, Run, Split, SplitDataModule, fit, seed, summarize
+from examples.common import RUNS, Classifier, Run, Split, SplitDataModule, example_main, fit, seed
 from ig_lightning import IntegratedGradientsMonitor
 
 SIDE = 8
@@ -86,12 +85,7 @@ def train(max_epochs: int = 10, root: str | Path = RUNS, verbose: bool = True, *
 
 def main(argv: list[str] | None = None) -> Run:
     """``python -m examples.digits [--epochs N]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=10)
-    args = parser.parse_args(argv)
-    run = train(max_epochs=args.epochs)
-    summarize(run.monitor, run.root_dir, key_names=pixel_name, class_names=CLASS_NAMES)
-    return run
+    return example_main(__doc__, train, epochs=10, argv=argv, key_names=pixel_name, class_names=CLASS_NAMES)
 
 
 if __name__ == "__main__":

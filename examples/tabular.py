@@ -7,7 +7,6 @@ average moves the logit. Run ``python -m examples.tabular``, then ``tensorboard 
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import torch
 from sklearn.datasets import load_breast_cancer
 from torch import nn
 
-from examples.common import RUNS, Classifier, Run, Split, SplitDataModule, fit, seed, summarize
+from examples.common import RUNS, Classifier, Run, Split, SplitDataModule, example_main, fit, seed
 from ig_lightning import IntegratedGradientsMonitor
 
 _DATASET = load_breast_cancer()
@@ -83,12 +82,7 @@ def train(max_epochs: int = 10, root: str | Path = RUNS, verbose: bool = True, *
 
 def main(argv: list[str] | None = None) -> Run:
     """``python -m examples.tabular [--epochs N]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=10)
-    args = parser.parse_args(argv)
-    run = train(max_epochs=args.epochs)
-    summarize(run.monitor, run.root_dir, key_names=FEATURE_NAMES, class_names=CLASS_NAMES)
-    return run
+    return example_main(__doc__, train, epochs=10, argv=argv, key_names=FEATURE_NAMES, class_names=CLASS_NAMES)
 
 
 if __name__ == "__main__":

@@ -8,14 +8,13 @@ the trigger words. Run ``python -m examples.text``, then ``tensorboard --logdir 
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from examples.common import RUNS, Classifier, Run, Split, SplitDataModule, fit, seed, summarize
+from examples.common import RUNS, Classifier, Run, Split, SplitDataModule, example_main, fit, seed
 from ig_lightning import IntegratedGradientsMonitor
 
 PAD = "<pad>"
@@ -128,12 +127,7 @@ def rule_words(monitor: IntegratedGradientsMonitor, top: int = 3) -> dict[str, l
 
 def main(argv: list[str] | None = None) -> Run:
     """``python -m examples.text [--epochs N]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=5)
-    args = parser.parse_args(argv)
-    run = train(max_epochs=args.epochs)
-    summarize(run.monitor, run.root_dir, key_names=token_name, class_names=CLASS_NAMES)
-    return run
+    return example_main(__doc__, train, epochs=5, argv=argv, key_names=token_name, class_names=CLASS_NAMES)
 
 
 if __name__ == "__main__":

@@ -316,7 +316,8 @@ class IntegratedGradientsMonitor(Callback):
         result = self._attribute(trainer, pl_module)
         scores = self._feature_scores(result.attributions)
         finite = bool(torch.isfinite(scores).all())
-        metrics = self._measure(result, scores, finite)
+        relative = result.relative_error(DELTA_FLOOR)
+        metrics = self._measure(result, relative, scores, finite)
         self._log_scalars(trainer, pl_module, metrics)
         if self.scales is None:  # fixed per-example colour scale, with room for attributions to grow
             self.scales = self.color_headroom * scores.reshape(len(scores), -1).abs().amax(1).clamp_min(1e-12)
@@ -327,12 +328,13 @@ class IntegratedGradientsMonitor(Callback):
         self.checks += 1
         self.last_result, self.last_metrics = result, metrics
         record = CheckRecord(trainer.global_step, trainer.current_epoch, self.probe_inputs, self.targets, scores,
-                             self.scales, result.relative_error(DELTA_FLOOR), self.rules, changes)
+                             self.scales, relative, self.rules, changes)
         return record, self._breaches(trainer, metrics, finite)
 
-    def _measure(self, result: IGResult, scores: torch.Tensor, finite: bool) -> dict[str, float]:
+    def _measure(
+        self, result: IGResult, relative: torch.Tensor, scores: torch.Tensor, finite: bool
+    ) -> dict[str, float]:
         """The check's scalars: completeness, drift against the reference (from the second check on), region."""
-        relative = result.relative_error(DELTA_FLOOR)
         metrics = {
             "ig/completeness_error": float(relative.mean()),
             "ig/completeness_error_max": float(relative.max()),
