@@ -3,6 +3,7 @@
 ``IG_i(x) = (x_i - x'_i) * integral_0^1 dF(x' + a (x - x')) / dx_i da``, computed with a
 quadrature rule from :mod:`ig_lightning.quadrature`. Every point of every example is an
 independent forward+backward, so points are batched (``internal_batch_size`` caps a batch).
+Several inputs (or a layer's several tensors) are integrated together along one straight path.
 
 Example::
 
@@ -17,17 +18,18 @@ Example::
 
 from __future__ import annotations
 
-import numbers
 import warnings
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from ig_lightning._checks import check_int, check_positive_float, check_target
-from ig_lightning._layer import LayerTap, tap_layer
+from ig_lightning._layer import LayerTap, tap_layers
+from ig_lightning._structure import Extras, Flat, check_inputs, make_baselines, select_outputs
 from ig_lightning.quadrature import (
     Refinement,
     check_method,
@@ -41,11 +43,16 @@ from ig_lightning.quadrature import (
 
 __all__ = ["IGResult", "NonFiniteAttributionWarning", "integrated_gradients"]
 
-ForwardFunc = Callable[[torch.Tensor], torch.Tensor]
+ForwardFunc = Callable[..., Any]
+Attributions = Any  # a Tensor, a tuple of Tensors, or (several layers) a list of those
 
 
 class NonFiniteAttributionWarning(RuntimeWarning):
     """Some attributions are NaN or infinite (the model's gradients or outputs are)."""
+
+
+def _nan_like(t: torch.Tensor) -> torch.Tensor:
+    return torch.full(t.shape, float("nan"), dtype=torch.float64, device=t.device)
 
 
 @dataclass
@@ -53,19 +60,29 @@ class IGResult:
     """What :func:`integrated_gradients` returns.
 
     Attributes:
-        attributions: Same shape and dtype as the inputs (or as the layer's output with ``layer=``).
+        attributions: The inputs' structure (a Tensor, or a tuple for a tuple of inputs), each tensor
+            with its input's shape and dtype. With ``layer=``: the layer's output (or input) structure;
+            a list with one entry per layer when several layers are given.
         delta: ``F(x) - F(x')`` per example, shape ``(B,)``.
-        completeness_error: Attributions summed per example minus ``delta``, signed, shape ``(B,)``.
+        completeness_error: Attributions summed per example (over every input) minus ``delta``, signed,
+            ``(B,)``. Always the true completeness, also with ``multiply_by_inputs=False``.
         n_steps: Points of the quadrature rule that produced each example's attributions, ``(B,)``.
         n_evaluations: Gradient evaluations spent per example, ``(B,)``: equal to ``n_steps`` for a fixed
             rule and for nested refinement, larger with ``n_steps="auto"`` and Gauss-Legendre (not nested).
+        attribution_error: Estimated relative L2 error of each example's attributions against the exact
+            integral, ``(B,)`` float64; NaN where no estimate was made (fixed ``n_steps``).
     """
 
-    attributions: torch.Tensor
+    attributions: Attributions
     delta: torch.Tensor
     completeness_error: torch.Tensor
     n_steps: torch.Tensor
     n_evaluations: torch.Tensor
+    attribution_error: torch.Tensor = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.attribution_error is None:
+            self.attribution_error = _nan_like(self.delta)
 
     def relative_error(self, delta_floor: float = 1e-3) -> torch.Tensor:
         """``|completeness_error| / max(|delta|, delta_floor)`` per example."""
@@ -73,8 +90,9 @@ class IGResult:
 
     def to(self, device: torch.device | str) -> IGResult:
         """A copy with every tensor moved to ``device``."""
-        return IGResult(*(t.to(device) for t in (self.attributions, self.delta, self.completeness_error,
-                                                  self.n_steps, self.n_evaluations)))
+        move = lambda t: t.to(device)  # noqa: E731
+        return IGResult(tree_map(move, self.attributions), move(self.delta), move(self.completeness_error),
+                        move(self.n_steps), move(self.n_evaluations), move(self.attribution_error))
 
 
 @contextmanager
@@ -91,7 +109,8 @@ def frozen_parameters(forward_func: object) -> Iterator[None]:
     The graph then holds only what the input gradient needs, which saves time and memory.
     ``.grad`` is never touched: gradients are taken with ``torch.autograd.grad``.
     """
-    params = [p for p in forward_func.parameters() if p.requires_grad] if isinstance(forward_func, nn.Module) else []
+    owner = forward_func if isinstance(forward_func, nn.Module) else getattr(forward_func, "__self__", None)
+    params = [p for p in owner.parameters() if p.requires_grad] if isinstance(owner, nn.Module) else []
     try:
         for p in params:
             p.requires_grad_(False)
@@ -106,77 +125,33 @@ def _own_copy(t: torch.Tensor) -> torch.Tensor:
     return t.detach().clone()
 
 
-def _make_baselines(baselines: Any, inputs: torch.Tensor) -> torch.Tensor:
-    if baselines is None:
-        return torch.zeros_like(inputs)
-    if isinstance(baselines, numbers.Number) and not isinstance(baselines, bool):
-        if not inputs.dtype.is_floating_point and not isinstance(baselines, numbers.Integral):
-            raise TypeError(f"`baselines` must be an int for integer inputs, got {baselines!r}")
-        return torch.full_like(inputs, baselines)
-    if not isinstance(baselines, torch.Tensor):
-        raise TypeError(f"`baselines` must be None, a number or a Tensor, got {type(baselines).__name__}")
-    try:
-        shape = torch.broadcast_shapes(baselines.shape, inputs.shape)
-    except RuntimeError:
-        shape = None
-    if shape != inputs.shape:
-        raise ValueError(
-            f"`baselines` of shape {tuple(baselines.shape)} does not broadcast to the inputs' shape "
-            f"{tuple(inputs.shape)}"
-        )
-    if inputs.dtype.is_floating_point != baselines.dtype.is_floating_point:
-        raise TypeError(f"`baselines` dtype {baselines.dtype} does not match the inputs' dtype {inputs.dtype}")
-    return _own_copy(baselines.to(device=inputs.device, dtype=inputs.dtype).expand_as(inputs))
-
-
-def _select_outputs(out: Any, target: torch.Tensor | None, n: int) -> torch.Tensor:
-    """One scalar per row: ``out`` (n,) or (n, C) indexed by ``target``."""
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"`forward_func` must return a Tensor, got {type(out).__name__}")
-    if out.ndim not in (1, 2) or out.shape[0] != n:
-        raise ValueError(
-            f"`forward_func` must return outputs of shape ({n},) or ({n}, C) for {n} inputs, got {tuple(out.shape)}"
-        )
-    if out.ndim == 1:
-        if target is not None:
-            raise ValueError(f"`target` must be None when `forward_func` returns shape ({n},), got a target")
-        return out
-    n_classes = out.shape[1]
-    if target is None:
-        if n_classes != 1:
-            raise ValueError(f"`target` is None but `forward_func` returns {n_classes} outputs per example: pass a target")
-        return out[:, 0]
-    bad = (target < 0) | (target >= n_classes)
-    if bool(bad.any()):
-        raise ValueError(f"`target` must be in [0, {n_classes - 1}], got {target[bad].unique()[:5].tolist()}")
-    return out.gather(1, target.to(out.device).view(-1, 1)).squeeze(1)
-
-
 class _Path:
-    """The straight path ``start + a * (end - start)`` for every example, and gradients along it."""
+    """The straight path ``start + a * (end - start)`` for every example (flat, ``(n, D)``), and gradients on it.
+
+    ``run(points, idx)`` maps flat path points of the examples ``idx`` to one output per point: it
+    splits the points into the model's inputs (or the layer's tensors), adds the extra arguments of
+    those examples, and selects the target output.
+    """
 
     def __init__(
         self,
-        forward_func: ForwardFunc,
-        inputs: torch.Tensor,
+        run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         start: torch.Tensor,
         end: torch.Tensor,
-        target: torch.Tensor | None,
         internal_batch_size: int | None,
-        tap: LayerTap | None,
+        grad_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        self.forward_func, self.inputs, self.start, self.end = forward_func, inputs, start, end
-        self.target, self.batch, self.tap = target, internal_batch_size, tap
+        self.run, self.start, self.end = run, start, end
+        self.diff = end - start
+        self.n, self.dtype, self.device = start.shape[0], start.dtype, start.device
+        self.batch, self.grad_kwargs = internal_batch_size, grad_kwargs or {}
 
     def gradients_at(self, idx: torch.Tensor, alphas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gradients and outputs at ``start + alphas[j] * (end - start)`` of example ``idx[j]``, for every j."""
+        """Gradients ``(k, D)`` and outputs ``(k,)`` at ``start + alphas[j] * diff`` of example ``idx[j]``."""
         grads, outputs = [], []
-        batch = self.batch or len(idx)
-        for k in range(0, len(idx), batch):
-            i, a = idx[k:k + batch], alphas[k:k + batch]
-            start = self.start[i]
-            a = a.view(-1, *(1,) * (start.ndim - 1))
-            grad, out = self._grad(start + a * (self.end[i] - start), i, with_outputs=True)
+        for sl in _chunks(len(idx), self.batch):
+            i, a = idx[sl], alphas[sl].view(-1, 1)
+            grad, out = self._grad(self.start[i] + a * self.diff[i], i, with_outputs=True)
             grads.append(grad)
             outputs.append(out)
         return torch.cat(grads), torch.cat(outputs)
@@ -184,53 +159,54 @@ class _Path:
     def _grad(self, points: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor | None = None,
               with_outputs: bool = False):
         points.requires_grad_(True)
-        if self.tap is None:
-            out = self.forward_func(points)
-        else:  # the layer's output becomes the path point; the model still reads the real inputs
-            out = self.tap.run(self.forward_func, self.inputs[idx], replacement=points)
-        target = None if self.target is None else self.target[idx]
-        selected = _select_outputs(out, target, len(idx))
+        selected = self.run(points, idx)
         if not selected.requires_grad:
             raise ValueError(
-                    "`forward_func` output does not depend differentiably on its inputs: does it detach them, "
+                "`forward_func` output does not depend differentiably on its inputs: does it detach them, "
                 "or run under torch.no_grad()/inference_mode() itself?"
             )
         # The quadrature weights ride along as the backward's seed: no extra pass over the gradients.
         seed = torch.ones_like(selected) if weights is None else weights.to(selected.dtype)
-        (grad,) = torch.autograd.grad(selected, points, grad_outputs=seed, allow_unused=True)
+        (grad,) = torch.autograd.grad(selected, points, grad_outputs=seed, allow_unused=True, **self.grad_kwargs)
         grad = torch.zeros_like(points) if grad is None else grad
         return (grad, selected.detach()) if with_outputs else grad
 
     def weighted_gradients(self, idx: torch.Tensor, alphas: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """``sum_k weights[k] * dF/dz`` at ``z = start + alphas[k] * (end - start)`` for examples ``idx``."""
-        start, diff = self.start[idx], self.end[idx] - self.start[idx]
-        b, m, feat = len(idx), len(alphas), start.shape[1:]
+        """``sum_k weights[k] * dF/dz`` at ``z = start + alphas[k] * diff`` for examples ``idx``, ``(b, D)``."""
+        start, diff = self.start[idx], self.diff[idx]
+        b, m = len(idx), len(alphas)
         acc = torch.zeros_like(start)
-        ones = (1,) * len(feat)
         per_alpha = m if self.batch is None else self.batch // b
         if per_alpha >= 1:  # whole rows of alphas per batch, ordered alpha-major like captum
             for k in range(0, m, per_alpha):
                 a, w = alphas[k:k + per_alpha], weights[k:k + per_alpha]
-                points = (start.unsqueeze(0) + a.view(-1, 1, *ones) * diff.unsqueeze(0)).reshape(-1, *feat)
+                points = (start.unsqueeze(0) + a.view(-1, 1, 1) * diff.unsqueeze(0)).reshape(-1, start.shape[1])
                 grad = self._grad(points, idx.repeat(len(a)), w.repeat_interleave(b))
-                acc += grad.view(len(a), b, *feat).sum(0)
+                acc += grad.view(len(a), b, -1).sum(0)
         else:  # fewer points per batch than examples: one alpha, a slice of examples at a time
             for k in range(m):
-                for e in range(0, b, self.batch):
-                    sl = slice(e, e + self.batch)
+                for sl in _chunks(b, self.batch):
                     seed = weights[k].expand(len(idx[sl]))
                     acc[sl] += self._grad(start[sl] + alphas[k] * diff[sl], idx[sl], seed)
         return acc
 
 
-def _check_layer(layer: Any, forward_func: Any) -> nn.Module | None:
+def _check_layers(layer: Any, forward_func: Any) -> list[nn.Module] | None:
     if layer is None:
         return None
-    if not isinstance(layer, nn.Module):
-        raise TypeError(f"`layer` must be an nn.Module inside `forward_func`, got {type(layer).__name__}")
-    if isinstance(forward_func, nn.Module) and not any(m is layer for m in forward_func.modules()):
-        raise ValueError(f"`layer` ({type(layer).__name__}) is not a submodule of `forward_func`")
-    return layer
+    layers = list(layer) if isinstance(layer, (list, tuple, nn.ModuleList)) else [layer]
+    if not layers:
+        raise ValueError("`layer` must be a module or a non-empty list of modules, got an empty list")
+    owner = forward_func if isinstance(forward_func, nn.Module) else getattr(forward_func, "__self__", None)
+    for m in layers:
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"`layer` must be an nn.Module inside `forward_func` (or a list of them), got "
+                            f"{type(m).__name__}")
+        if isinstance(owner, nn.Module) and not any(m is sub for sub in owner.modules()):
+            raise ValueError(f"`layer` ({type(m).__name__}) is not a submodule of `forward_func`")
+    if len({id(m) for m in layers}) != len(layers):
+        raise ValueError("`layer` lists the same module twice")
+    return layers
 
 
 def _chunks(n: int, batch: int | None) -> list[slice]:
@@ -239,73 +215,130 @@ def _chunks(n: int, batch: int | None) -> list[slice]:
     return [slice(i, i + step) for i in range(0, n, step)]
 
 
-def _endpoints(
-    forward_func: ForwardFunc,
-    inputs: torch.Tensor,
-    baselines: torch.Tensor,
-    target: torch.Tensor | None,
-    tap: LayerTap | None,
-    batch: int | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(start, end, delta)`` of the path: in input space, or at the layer's output.
+@dataclass
+class _Problem:
+    """A path ready to integrate: flat endpoints, ``delta``, how to evaluate it and how to shape the result."""
 
-    At a layer the path runs from the layer's output on the baselines to its output on the inputs,
-    the rest of the model reading the inputs, so ``delta`` is exactly what the path integrates.
-    Forwards run at most ``batch`` examples at a time, like the path itself.
-    """
-    n = inputs.shape[0]
+    run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    start: torch.Tensor
+    end: torch.Tensor
+    delta: torch.Tensor
+    flat: Flat
+    rebuild: Callable[[list[torch.Tensor]], Attributions]
+
+
+def _take(target: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
+    return None if target is None else target[idx]
+
+
+def _input_problem(forward_func: ForwardFunc, xs: tuple[torch.Tensor, ...], bases: tuple[torch.Tensor, ...],
+                   extras: Extras, target: torch.Tensor | None, batch: int | None, is_tuple: bool) -> _Problem:
+    """The path between the baselines and the inputs themselves."""
+    flat = Flat(xs)
+
+    def run(points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        out = forward_func(*flat.split(points), *extras.take(idx))
+        return select_outputs(out, _take(target, idx), len(idx))
+
+    n = xs[0].shape[0]
+    start, end = flat.flatten(bases), flat.flatten(xs)
+    both, idx = torch.cat([end, start]), torch.arange(n, device=start.device).repeat(2)
     with torch.no_grad():
-        if tap is None:
-            both, targets = torch.cat([inputs, baselines]), _twice(target)
-            out = torch.cat([
-                _select_outputs(forward_func(both[sl]), None if targets is None else targets[sl], len(both[sl]))
-                for sl in _chunks(2 * n, batch)
-            ])
-            return baselines, inputs, out[:n] - out[n:]
-        starts, ends, f_end, f_start = [], [], [], []
+        out = torch.cat([run(both[sl], idx[sl]) for sl in _chunks(2 * n, batch)])
+    return _Problem(run, start, end, out[:n] - out[n:], flat,
+                    lambda tensors: tuple(tensors) if is_tuple else tensors[0])
+
+
+def _layer_problem(forward_func: ForwardFunc, xs: tuple[torch.Tensor, ...], bases: tuple[torch.Tensor, ...],
+                   extras: Extras, target: torch.Tensor | None, batch: int | None, tap: LayerTap,
+                   is_list: bool) -> _Problem:
+    """The path between the layers' tensors on the baselines and on the inputs; the rest of the model reads
+    the real inputs, so ``delta`` is exactly what the path integrates."""
+    n = xs[0].shape[0]
+    every = torch.arange(n, device=xs[0].device)
+
+    def call(tensors: Sequence[torch.Tensor], idx: torch.Tensor, replacement: list[torch.Tensor] | None = None):
+        return tap.run(forward_func, (*tensors, *extras.take(idx)), replacement)
+
+    starts, ends, f_start, f_end = [], [], [], []
+    with torch.no_grad():
         for sl in _chunks(n, batch):
-            t = None if target is None else target[sl]
-            tap.run(forward_func, baselines[sl])
-            starts.append(tap.output)
-            f_end.append(_select_outputs(tap.run(forward_func, inputs[sl]), t, len(inputs[sl])))
-            ends.append(tap.output)
-            f_start.append(_select_outputs(tap.run(forward_func, inputs[sl], replacement=starts[-1]), t,
-                                           len(inputs[sl])))
-        start, end = torch.cat(starts), torch.cat(ends)
-    if not start.dtype.is_floating_point:
-        raise TypeError(f"`layer` must output floating point values, got {start.dtype}")
-    return _own_copy(start), _own_copy(end), torch.cat(f_end) - torch.cat(f_start)
+            idx, t = every[sl], _take(target, every[sl])
+            call([b[sl] for b in bases], idx)
+            starts.append(_batch_first(tap, len(idx)))
+            f_end.append(select_outputs(call([x[sl] for x in xs], idx), t, len(idx)))
+            ends.append(_batch_first(tap, len(idx)))
+            f_start.append(select_outputs(call([x[sl] for x in xs], idx, starts[-1]), t, len(idx)))
+    start_leaves = [torch.cat(parts) for parts in zip(*starts)]
+    end_leaves = [torch.cat(parts) for parts in zip(*ends)]
+    flat = Flat(start_leaves)
+    counts, single = list(tap.counts), list(tap.single)
+
+    def run(points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        out = call([x[idx] for x in xs], idx, flat.split(points))
+        return select_outputs(out, _take(target, idx), len(idx))
+
+    def rebuild(tensors: list[torch.Tensor]) -> Attributions:
+        per_layer, k = [], 0
+        for count, one in zip(counts, single):
+            part = tensors[k:k + count]
+            per_layer.append(part[0] if one else tuple(part))
+            k += count
+        return per_layer if is_list else per_layer[0]
+
+    return _Problem(run, _own_copy(flat.flatten(start_leaves)), _own_copy(flat.flatten(end_leaves)),
+                    torch.cat(f_end) - torch.cat(f_start), flat, rebuild)
 
 
-def _twice(target: torch.Tensor | None) -> torch.Tensor | None:
-    return None if target is None else torch.cat([target, target])
+def _batch_first(tap: LayerTap, n: int) -> list[torch.Tensor]:
+    for value in tap.values:
+        if value.ndim == 0 or value.shape[0] != n:
+            raise ValueError(
+                f"`layer` {tap.where} holds a tensor of shape {tuple(value.shape)} for a batch of {n}: every floating "
+                f"tensor of the layer's {tap.where} must have the batch as its first dimension (an LSTM's (h, c) "
+                "does not: attribute at a module that returns batch-first tensors)"
+            )
+    return list(tap.values)
 
 
 def integrated_gradients(
     forward_func: ForwardFunc,
-    inputs: torch.Tensor,
+    inputs: torch.Tensor | tuple[torch.Tensor, ...],
     *,
     target: int | Sequence[int] | torch.Tensor | None = None,
-    baselines: float | torch.Tensor | None = None,
+    baselines: Any = None,
+    additional_forward_args: Any = None,
     n_steps: int | str = 50,
     method: str = "gausslegendre",
     internal_batch_size: int | None = None,
     tolerance: float = 0.01,
-    layer: nn.Module | None = None,
+    layer: nn.Module | Sequence[nn.Module] | None = None,
+    attribute_to_layer_input: bool = False,
+    multiply_by_inputs: bool = True,
+    grad_kwargs: dict[str, Any] | None = None,
     max_steps: int = 512,
     delta_floor: float = 1e-3,
+    sync: Callable[[int], int] | None = None,
 ) -> IGResult:
     """Integrated Gradients of ``forward_func`` at ``inputs`` relative to ``baselines``.
 
+    Argument names and results follow captum's ``IntegratedGradients`` / ``LayerIntegratedGradients``.
     Works under ``torch.no_grad()`` and ``torch.inference_mode()`` and on tensors made there.
     Never touches parameters' ``.grad`` and leaves no hook or ``requires_grad`` change behind.
     The model's training mode is the caller's: call ``model.eval()`` first for dropout/BatchNorm.
 
     Args:
-        forward_func: An ``nn.Module`` or callable mapping a batch ``(B, ...)`` to outputs ``(B,)`` or ``(B, C)``.
-        inputs: The batch to explain, ``(B, ...)``; floating point unless ``layer`` is given.
+        forward_func: An ``nn.Module`` or callable, called as ``forward_func(*inputs, *additional_forward_args)``.
+            It returns ``(B,)`` or ``(B, C)`` outputs: a Tensor, a tuple/list (its first element), or a
+            mapping/object with ``logits`` (a Hugging Face ``ModelOutput``).
+        inputs: The batch to explain: a Tensor ``(B, ...)`` or a tuple of them (attributed together, one
+            path); floating point unless ``layer`` is given.
         target: Which output to explain: ``None`` (outputs are ``(B,)`` or ``(B, 1)``), an int, or ``(B,)`` ints.
-        baselines: ``None`` (zeros), a number, or a Tensor broadcastable to ``inputs``.
+        baselines: ``None`` (zeros), a number, or a Tensor broadcastable to the input; for a tuple of
+            inputs, a tuple with one such entry per input (or one number/None for all).
+        additional_forward_args: Arguments passed after the inputs at every path point, never attributed
+            (an attention mask, flags). Tensors whose first dimension is ``B`` follow their example through
+            batching; anything else is passed as it is.
         n_steps: Points of the quadrature rule, or ``"auto"``: refine each example until
             ``|completeness_error| <= tolerance * max(|delta|, delta_floor)`` or ``max_steps`` is reached.
             Completeness is one number per example: the attributions add up, but single features can
@@ -317,18 +350,27 @@ def integrated_gradients(
             triple) a uniform grid reusing every gradient; Gauss-Legendre is not nested and recomputes.
         internal_batch_size: Most points per forward/backward; ``None`` = all at once.
         tolerance: With ``n_steps="auto"``: relative completeness target per example.
-        layer: A module inside ``forward_func``: attribute at its output (e.g. an ``nn.Embedding``
-            for token ids). The baseline there is the layer's output on ``baselines``.
+        layer: A module inside ``forward_func`` (e.g. an ``nn.Embedding`` for token ids), or a list of
+            modules that do not feed each other: attribute at their outputs, all on one path. The
+            baseline there is the layers' output on ``baselines``. A layer's output may be a Tensor or a
+            tuple (any nesting) of tensors; its floating tensors, batch first, are attributed.
+        attribute_to_layer_input: Attribute at the layers' inputs (positional and keyword) instead.
+        multiply_by_inputs: ``False`` returns the path-averaged gradient, without ``(x - x')``.
+        grad_kwargs: Keyword arguments for ``torch.autograd.grad``.
         max_steps: With ``n_steps="auto"``: the largest rule (points) one example may reach. Gauss-Legendre
             spends more evaluations than its final size, as it cannot reuse points (``n_evaluations``).
         delta_floor: With ``n_steps="auto"``: examples with ``|delta|`` below it get the absolute target
             ``tolerance * delta_floor`` (a degenerate baseline leaves nothing to be relative to); a warning says so.
+        sync: With ``n_steps="auto"`` under several processes: ``sync(k)`` returns the largest ``k`` over
+            the processes, so that every process runs as many forward passes as the others (sharded
+            strategies need it). ``None`` for one process.
 
     Returns:
         An :class:`IGResult`; its tensors are on the inputs' device.
 
     Raises:
-        TypeError: an argument of the wrong type (named in the message).
+        TypeError: an argument of the wrong type (named in the message), or a model output that holds no
+            tensor to explain.
         ValueError: an argument with a bad value, or outputs of the wrong shape.
 
     Warns:
@@ -343,16 +385,19 @@ def integrated_gradients(
         >>> res = integrated_gradients(model, x, target=2, n_steps="auto", tolerance=1e-3)
         >>> bool((res.completeness_error.abs() <= 1e-3 * res.delta.abs().clamp_min(1e-3) + 1e-6).all())
         True
+
+        Two inputs and an extra argument that follows its example:
+
+        >>> f = lambda a, b, mask: (a.sum(1) + 2 * b.sum(1)) * mask
+        >>> res = integrated_gradients(f, (torch.ones(2, 3), torch.ones(2, 1)),
+        ...                            additional_forward_args=torch.tensor([1.0, 0.0]), n_steps=4)
+        >>> [t[0].tolist() for t in res.attributions], res.attributions[0][1].tolist()
+        ([[1.0, 1.0, 1.0], [2.0]], [0.0, 0.0, 0.0])
     """
     if not callable(forward_func):
         raise TypeError(f"`forward_func` must be callable, got {type(forward_func).__name__}")
-    if not isinstance(inputs, torch.Tensor):
-        raise TypeError(f"`inputs` must be a Tensor, got {type(inputs).__name__}")
-    if inputs.ndim < 1 or inputs.shape[0] == 0:
-        raise ValueError(f"`inputs` must have a non-empty batch dimension, got shape {tuple(inputs.shape)}")
-    layer = _check_layer(layer, forward_func)
-    if layer is None and not inputs.dtype.is_floating_point:
-        raise TypeError(f"`inputs` must be floating point (got {inputs.dtype}); for token ids pass `layer=`")
+    layers = _check_layers(layer, forward_func)
+    items = check_inputs(inputs, needs_float=layers is None)
     method = check_method(method)
     n_steps = check_n_steps_or_auto(n_steps, method)
     auto = n_steps == "auto"
@@ -363,11 +408,23 @@ def integrated_gradients(
     if auto and method == "riemann_trapezoid" and max_steps < 3:
         raise ValueError(f"`max_steps` must be >= 3 for n_steps='auto' with riemann_trapezoid, got {max_steps}")
     delta_floor = check_positive_float(delta_floor, "delta_floor")
-    target_t = check_target(target, inputs.shape[0])
+    for flag, name in ((attribute_to_layer_input, "attribute_to_layer_input"),
+                       (multiply_by_inputs, "multiply_by_inputs")):
+        if not isinstance(flag, bool):
+            raise TypeError(f"`{name}` must be a bool, got {flag!r}")
+    if attribute_to_layer_input and layers is None:
+        raise ValueError("`attribute_to_layer_input=True` needs a `layer`")
+    if grad_kwargs is not None and not isinstance(grad_kwargs, dict):
+        raise TypeError(f"`grad_kwargs` must be a dict, got {type(grad_kwargs).__name__}")
+    if sync is not None and not callable(sync):
+        raise TypeError(f"`sync` must be callable, got {type(sync).__name__}")
+    target_t = check_target(target, items[0].shape[0])
 
     try:
-        return _integrated_gradients(forward_func, inputs, target_t, baselines, n_steps, method,
-                                     internal_batch_size, tolerance, layer, max_steps, delta_floor)
+        return _integrated_gradients(
+            forward_func, items, isinstance(inputs, tuple), target_t, baselines, additional_forward_args,
+            n_steps, method, internal_batch_size, tolerance, layers, isinstance(layer, (list, tuple, nn.ModuleList)),
+            attribute_to_layer_input, multiply_by_inputs, grad_kwargs, max_steps, delta_floor, sync)
     except RuntimeError as error:
         if "Inference tensors cannot be saved for backward" not in str(error):
             raise
@@ -380,42 +437,54 @@ def integrated_gradients(
 
 def _integrated_gradients(
     forward_func: ForwardFunc,
-    inputs: torch.Tensor,
+    items: tuple[torch.Tensor, ...],
+    is_tuple: bool,
     target_t: torch.Tensor | None,
     baselines: Any,
+    additional_forward_args: Any,
     n_steps: int | str,
     method: str,
     internal_batch_size: int | None,
     tolerance: float,
-    layer: nn.Module | None,
+    layers: list[nn.Module] | None,
+    is_list: bool,
+    to_layer_input: bool,
+    multiply_by_inputs: bool,
+    grad_kwargs: dict[str, Any] | None,
     max_steps: int,
     delta_floor: float,
+    sync: Callable[[int], int] | None,
 ) -> IGResult:
     """The computation of :func:`integrated_gradients`, on checked arguments."""
-    n, auto = inputs.shape[0], n_steps == "auto"
+    n = items[0].shape[0]
     with gradients_enabled(), frozen_parameters(forward_func):
-        x = _own_copy(inputs)
-        base = _make_baselines(baselines, x)
+        xs = tuple(_own_copy(t) for t in items)
+        bases = make_baselines(baselines, xs)
+        device = xs[0].device
+        extras = Extras(additional_forward_args, n, device)
         if target_t is not None:
-            target_t = target_t.to(x.device)
-        with tap_layer(layer) if layer is not None else _no_tap() as tap:
-            start, end, delta = _endpoints(forward_func, x, base, target_t, tap, internal_batch_size)
-            path = _Path(forward_func, x, start, end, target_t, internal_batch_size, tap)
-            if auto:
+            target_t = target_t.to(device)
+        with tap_layers(layers, to_layer_input) if layers is not None else nullcontext() as tap:
+            if tap is None:
+                problem = _input_problem(forward_func, xs, bases, extras, target_t, internal_batch_size, is_tuple)
+            else:
+                problem = _layer_problem(forward_func, xs, bases, extras, target_t, internal_batch_size, tap,
+                                         is_list)
+            path = _Path(problem.run, problem.start, problem.end, internal_batch_size, grad_kwargs)
+            delta = problem.delta
+            estimate = None
+            if n_steps == "auto":
                 avg_grad, steps, evals = _integrate_auto(path, method, delta, tolerance, max_steps, delta_floor)
             else:
-                alphas, weights = quadrature_rule(method, n_steps, dtype=start.dtype, device=start.device)
-                avg_grad = path.weighted_gradients(torch.arange(n, device=x.device), alphas, weights)
-                steps = evals = torch.full((n,), n_steps, dtype=torch.long, device=x.device)
-    attributions = (end - start) * avg_grad
-    error = attributions.reshape(n, -1).sum(1) - delta
-    _warn_non_finite(attributions)
-    return IGResult(attributions.detach(), delta.detach(), error.detach(), steps, evals)
-
-
-@contextmanager
-def _no_tap() -> Iterator[None]:
-    yield None
+                alphas, weights = quadrature_rule(method, n_steps, dtype=path.dtype, device=device)
+                avg_grad = path.weighted_gradients(torch.arange(n, device=device), alphas, weights)
+                steps = evals = torch.full((n,), n_steps, dtype=torch.long, device=device)
+    total = path.diff * avg_grad
+    error = total.sum(1) - delta
+    _warn_non_finite(total)
+    flat_attr = total if multiply_by_inputs else avg_grad
+    attributions = problem.rebuild([t.detach() for t in problem.flat.split(flat_attr)])
+    return IGResult(attributions, delta.detach(), error.detach(), steps, evals, estimate)
 
 
 def _integrate_auto(
@@ -446,8 +515,7 @@ def _integrate_auto(
 
 def _errors(path: _Path, avg_grad: torch.Tensor, delta: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Absolute completeness error of the examples ``idx`` with their current average gradients."""
-    diff = (path.end[idx] - path.start[idx]).reshape(len(idx), -1)
-    return ((diff * avg_grad[idx].reshape(len(idx), -1)).sum(1) - delta[idx]).abs()
+    return ((path.diff[idx] * avg_grad[idx]).sum(1) - delta[idx]).abs()
 
 
 def _refine_nested(
@@ -490,7 +558,7 @@ def _refine_adaptive(
     Nested: every gradient is kept (one vector per node and example) and reused.
     """
     n, device, dtype = delta.shape[0], delta.device, path.start.dtype
-    flat_diff = (path.end - path.start).reshape(n, -1)
+    flat_diff = path.diff
     idx = torch.arange(n, device=device)
     first = torch.tensor([0.0, 0.5, 1.0], dtype=dtype, device=device)
     grads, outputs = path.gradients_at(idx.repeat(3), first.repeat_interleave(n))
@@ -536,7 +604,7 @@ def _worst_interval(nodes: list[tuple[float, torch.Tensor, float, float]]) -> in
 
 
 def _warn_non_finite(attributions: torch.Tensor) -> None:
-    bad = ~torch.isfinite(attributions.reshape(attributions.shape[0], -1)).all(1)
+    bad = ~torch.isfinite(attributions).all(1)
     if bool(bad.any()):
         idx = bad.nonzero().flatten().tolist()
         warnings.warn(
