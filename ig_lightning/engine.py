@@ -474,7 +474,8 @@ def _integrated_gradients(
             delta = problem.delta
             estimate = None
             if n_steps == "auto":
-                avg_grad, steps, evals = _integrate_auto(path, method, delta, tolerance, max_steps, delta_floor)
+                avg_grad, steps, evals, estimate = _integrate_auto(path, method, delta, tolerance, max_steps,
+                                                                   delta_floor, sync)
             else:
                 alphas, weights = quadrature_rule(method, n_steps, dtype=path.dtype, device=device)
                 avg_grad = path.weighted_gradients(torch.arange(n, device=device), alphas, weights)
@@ -488,12 +489,24 @@ def _integrated_gradients(
 
 
 def _integrate_auto(
-    path: _Path, method: str, delta: torch.Tensor, tolerance: float, max_steps: int, delta_floor: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Refine each example until its completeness error is within tolerance (or ``max_steps`` is reached)."""
-    goal = tolerance * delta.abs().clamp_min(delta_floor)
-    refine_all = _refine_adaptive if method == "riemann_trapezoid" else _refine_nested
-    avg_grad, steps, evals, unconverged = refine_all(path, method, delta, goal, max_steps)
+    path: _Path, method: str, delta: torch.Tensor, tolerance: float, max_steps: int, delta_floor: float,
+    sync: Callable[[int], int] | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Refine each example until its error is within tolerance (or ``max_steps`` is reached)."""
+    try:  # TEMPORARY: the new algorithm (ig_lightning/auto.py) is being written; the old one until then
+        from ig_lightning.auto import integrate_auto
+    except ImportError:
+        integrate_auto = None
+    if integrate_auto is not None:
+        res = integrate_auto(path, method, delta, tolerance=tolerance, max_steps=max_steps, delta_floor=delta_floor,
+                             sync=sync)
+        avg_grad, steps, evals, estimate, unconverged = (res.avg_grad, res.n_steps, res.n_evaluations,
+                                                          res.attribution_error, res.unconverged)
+    else:
+        goal = tolerance * delta.abs().clamp_min(delta_floor)
+        refine_all = _refine_adaptive if method == "riemann_trapezoid" else _refine_nested
+        avg_grad, steps, evals, unconverged = refine_all(path, method, delta, goal, max_steps)
+        estimate = None
     n = delta.shape[0]
     if unconverged:
         warnings.warn(
@@ -510,7 +523,7 @@ def _integrate_auto(
             RuntimeWarning,
             stacklevel=4,
         )
-    return avg_grad, steps, evals
+    return avg_grad, steps, evals, estimate
 
 
 def _errors(path: _Path, avg_grad: torch.Tensor, delta: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
