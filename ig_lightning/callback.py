@@ -1,11 +1,17 @@
-"""The Lightning callback: Integrated Gradients on a fixed probe batch, every validation epoch."""
+"""The Lightning callback: Integrated Gradients on a fixed probe batch, every validation epoch.
+
+Data flows one way: the probe (:mod:`ig_lightning.probe`) -> a check (:mod:`ig_lightning.check`, the
+engine) -> a :class:`~ig_lightning.views.CheckRecord` -> scalars (``pl_module.log``), the breach policy
+(:mod:`ig_lightning.policy`) and rank-zero pictures (:mod:`ig_lightning.report`). This module only
+holds the configuration, the hooks and the state kept across checks.
+"""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from collections.abc import Sequence
+import numbers
+import weakref
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Literal
 
 import torch
@@ -15,51 +21,23 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from ig_lightning._checks import check_int, check_positive_float, check_target
+from ig_lightning._checks import check_int, check_positive_float
+from ig_lightning.check import OUTPUT_TRANSFORMS, Explainer, on_model, resolve_targets
 from ig_lightning.drift import DRIFT_METRICS, drift_distances
-from ig_lightning.engine import IGResult, integrated_gradients
-from ig_lightning.probe import Unpack, default_unpack, first_val_dataloader, take_probe
+from ig_lightning.engine import IGResult
+from ig_lightning.policy import ON_BREACH, AttributionDriftError, BreachPolicy
+from ig_lightning.probe import ModelInputs, Name, Unpack, default_unpack, first_val_dataloader, take_probe
 from ig_lightning.quadrature import check_method, check_n_steps, check_n_steps_or_auto
+from ig_lightning.report import Reporter, logger_step
 from ig_lightning.rules import class_top_features, rule_changes
 from ig_lightning.safety import eval_mode, preserved_rng
-from ig_lightning.views import (
-    VIEW_KINDS,
-    CheckRecord,
-    ImageView,
-    Names,
-    TabularView,
-    TextView,
-    View,
-    infer_kind,
-    log_common,
-)
+from ig_lightning.views import VIEW_KINDS, CheckRecord, ImageView, Names, TabularView, TextView, View, infer_kind
 
 __all__ = ["AttributionDriftError", "IntegratedGradientsMonitor"]
 
 TARGETS = ("auto", "label", "prediction")
-OUTPUT_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "softmax": lambda out: out.softmax(-1),
-    "log_softmax": lambda out: out.log_softmax(-1),
-    "sigmoid": torch.sigmoid,
-}
 REFERENCES = ("previous", "first")
-ON_BREACH = ("warn", "stop", "raise")
 DELTA_FLOOR = 1e-3
-
-
-class AttributionDriftError(RuntimeError):
-    """Attributions breached a threshold of :class:`IntegratedGradientsMonitor` with ``on_breach="raise"``."""
-
-
-class _Transformed(nn.Module):
-    """``transform(module(x))`` as a module, so the engine still sees (and freezes) the parameters."""
-
-    def __init__(self, module: nn.Module, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        super().__init__()
-        self.module, self.transform = module, transform
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.transform(self.module(x))
 
 
 def _check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
@@ -72,6 +50,102 @@ def _check_optional_threshold(value: Any, name: str) -> float | None:
     return None if value is None else check_positive_float(value, name, allow_zero=True)
 
 
+def _check_names(value: Any, name: str) -> Sequence[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"`{name}` must be a list of names, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"`{name}` must not be empty")
+    return [str(v) for v in value]
+
+
+def _check_vocabulary(value: Any) -> Names:
+    if value is None or callable(value) or callable(getattr(value, "convert_ids_to_tokens", None)):
+        return value
+    return _check_names(value, "vocabulary")
+
+
+def _check_baseline(value: Any, name: str = "baseline") -> Any:
+    """``None``, a finite number, a Tensor, or (several attributed inputs) a tuple/dict of those."""
+    if isinstance(value, list):  # from a config file
+        value = torch.tensor(value)
+    if isinstance(value, Mapping):
+        return {k: _check_baseline(v, f"{name}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_check_baseline(v, f"{name}[{i}]") for i, v in enumerate(value))
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
+        raise TypeError(f"`{name}` must be None, a number or a Tensor, got {type(value).__name__}")
+    if isinstance(value, numbers.Real) and not math.isfinite(value):
+        raise ValueError(f"`{name}` must be finite, got {value!r}")
+    if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        raise ValueError(f"`{name}` must be finite, got a Tensor with NaN or infinite values")
+    return value
+
+
+def _check_attribute(value: Any) -> list[Name] | None:
+    if value is None:
+        return None
+    items = [value] if isinstance(value, (str, int)) else value
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or not items:
+        raise TypeError(f"`attribute` must be an input name, a position, or a non-empty list of them, got {value!r}")
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (str, int)):
+            raise TypeError(f"`attribute` entries must be input names (str) or positions (int), got {item!r}")
+    if len(set(items)) != len(items):
+        raise ValueError(f"`attribute` names an input twice: {value!r}")
+    return list(items)
+
+
+def _check_probe(probe: Any) -> tuple[ModelInputs | None, torch.Tensor | None, int]:
+    """``(inputs, labels, size)`` of a given probe, or ``(None, None, n)`` for an int ``n``."""
+    if isinstance(probe, bool):
+        raise TypeError(f"`probe` must be an int, a Tensor, a dict of Tensors or an (inputs, labels) pair, got {probe!r}")
+    if isinstance(probe, numbers.Integral):
+        return None, None, check_int(probe, "probe", minimum=1)
+    labels = None
+    try:
+        if isinstance(probe, (tuple, list)) and len(probe) == 2:  # (inputs, labels); inputs may be a structure
+            inputs, labels = ModelInputs.of(probe[0], "`probe`"), probe[1]
+        elif isinstance(probe, Mapping):
+            inputs, labels = default_unpack(probe)
+        elif isinstance(probe, torch.Tensor):
+            inputs = ModelInputs.of(probe, "`probe`")
+        else:
+            raise TypeError
+    except TypeError:
+        raise TypeError(f"`probe` must be an int, a Tensor, a dict of Tensors or an (inputs, labels) pair, got "
+                        f"{type(probe).__name__}") from None
+    if len(inputs) == 0:
+        raise ValueError("`probe` must hold at least one example")
+    if labels is not None and (not isinstance(labels, torch.Tensor) or labels.ndim == 0 or len(labels) != len(inputs)):
+        raise ValueError(f"`probe` labels must be a Tensor with one label per input ({len(inputs)})")
+    for name, t in inputs.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"`probe` input {name!r} holds NaN or infinite values")
+    inputs = inputs.map(lambda t: t.detach().cpu().clone())
+    return inputs, None if labels is None else labels.detach().cpu().clone(), len(inputs)
+
+
+def _model_fingerprint(module: nn.Module) -> str:
+    shapes = ",".join(f"{n}:{tuple(p.shape)}" for n, p in module.named_parameters())
+    return f"{type(module).__qualname__}[{shapes}]"
+
+
+def _batch_size_of(loader: Any) -> int | None:
+    """The batch size of a DataLoader (or the first of several), if it says."""
+    if isinstance(loader, Mapping):
+        loader = next(iter(loader.values()), None)
+    if isinstance(loader, (list, tuple)):
+        loader = loader[0] if loader else None
+    size = getattr(loader, "batch_size", None)
+    if size is None:
+        size = getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
+    return size if isinstance(size, int) and size > 0 else None
+
+
 class IntegratedGradientsMonitor(Callback):
     r"""Integrated Gradients on a fixed probe batch at every validation epoch, logged and watched.
 
@@ -79,36 +153,53 @@ class IntegratedGradientsMonitor(Callback):
     completeness error and the drift of attributions from a reference check as scalars (usable by
     ``EarlyStopping``/``ModelCheckpoint``: ``ig/drift`` exists from the second check on, so watch it with
     ``EarlyStopping(..., strict=False)``; ``ig/completeness_error`` exists at every check), draws
-    attribution pictures and per-class rules to
-    TensorBoard, and can warn, stop or fail the run when a threshold is breached. Training itself is
-    untouched: no parameter ``.grad``, buffer, module mode or global random stream is changed.
+    attribution pictures and per-class rules to TensorBoard, and can warn, stop or fail the run when a
+    threshold is breached. Training itself is untouched: no parameter ``.grad``, buffer, module mode or
+    global random stream is changed.
+
+    Every argument is checked here; what needs the model and the data (the probe's shapes, the layer,
+    targets, baseline, region and names) is checked when ``fit`` starts, before the first training step,
+    by taking the probe and running it through the model once.
 
     Args:
-        probe: An int ``N`` (the first ``N`` examples of the first validation dataset), a Tensor of
-            inputs, or an ``(inputs, labels)`` pair.
+        probe: An int ``N`` (the first ``N`` examples of the first validation dataset), the model's
+            inputs (a Tensor, a tuple of positional Tensors, or a dict of keyword Tensors such as a Hugging
+            Face batch), or an ``(inputs, labels)`` pair.
         target: Which output to explain: ``"auto"`` (the label when the probe has labels, else the
             prediction), ``"label"``, ``"prediction"`` (the predicted class at the first check, then
             fixed), an int, or a callable ``(outputs, labels) -> LongTensor (B,)`` evaluated at the first
             check. Ignored for models with one output per example.
-        baseline: ``None`` (zeros; token id 0 with ``layer``), a number, or a Tensor broadcastable to the inputs.
-        n_steps: Quadrature points, or ``"auto"`` (refine until the completeness error is within ``tolerance``).
+        baseline: ``None`` (zeros; token id 0 with ``layer``), a number, or a Tensor broadcastable to the
+            attributed input; with several attributed inputs a tuple or a dict (by input name) of those.
+        n_steps: Quadrature points, or ``"auto"`` (refine each example until its attributions are within
+            ``tolerance``).
         method: The quadrature rule (captum's names; see :func:`ig_lightning.integrated_gradients`).
-        internal_batch_size: Most points per forward/backward (memory cap); ``None`` = all at once.
-        tolerance: Relative completeness target with ``n_steps="auto"``.
+        internal_batch_size: Most path points per forward/backward. ``None``: the training batch size (the
+            validation batch size under ``trainer.validate``), so a check needs no more memory than a
+            training step.
+        tolerance: The accuracy target of ``n_steps="auto"``.
         max_steps: The most points per example with ``n_steps="auto"``.
-        layer: Name of a submodule (as in ``named_modules()``, e.g. ``"embedding"``) to attribute at its output.
+        layer: Name of a submodule (as in ``named_modules()``, e.g. ``"embedding"`` or
+            ``"model.bert.embeddings.word_embeddings"``) to attribute at its output.
+        attribute: Which of the model's inputs to attribute: an input name (a key of a dict batch), a
+            position, or a list of them. ``None``: every floating-point input, or with ``layer`` the input
+            the baseline replaces (``input_ids``/``pixel_values`` in a dict batch, else the first). The others
+            (masks, type ids) are passed unchanged at every path point.
         output_transform: Explain ``"softmax"``, ``"log_softmax"`` or ``"sigmoid"`` of the outputs, or a
-            callable's result, instead of the raw outputs.
-        unpack: A callable mapping a batch to ``(inputs, labels or None)``, for batches that are not
-            ``x``, ``(x, y)`` or dicts with ``"x"``/``"y"``-like keys.
+            callable's result (it receives the model's raw output, e.g. a ``ModelOutput``).
+        unpack: A callable mapping a batch to ``(inputs, labels or None)``, ``inputs`` being a Tensor, a
+            tuple (positional) or a dict (keyword) of Tensors; the default understands ``x``, ``(x, y)``,
+            Hugging Face dict batches and dicts with ``"x"``/``"y"``-like keys.
         every_n_epochs: Check every ``n`` epochs.
         drift_metric: ``"cosine"`` (1 - cosine similarity), ``"spearman"`` (1 - rank correlation) or
             ``"topk_jaccard"`` (1 - overlap of the ``top_k`` largest ``|attributions|``), averaged over the probe.
         drift_reference: Compare with the ``"previous"`` check or the ``"first"`` one.
         drift_threshold: Breach when the drift exceeds it (``None`` = never).
         completeness_threshold: Breach when the worst relative completeness error exceeds it.
-        region: A boolean mask over one example's features (broadcastable to ``inputs.shape[1:]``):
-            logs ``ig/region_mass``, the share of absolute attribution that falls inside it.
+        attribution_error_threshold: Breach when the worst estimated relative L2 error of the attributions
+            (``ig/attribution_error_max``, logged with ``n_steps="auto"``) exceeds it.
+        region: A boolean mask over one example's features (broadcastable to its scores: pixels, or tokens
+            with a layer): logs ``ig/region_mass``, the share of absolute attribution inside it.
         region_threshold: Breach when ``ig/region_mass`` exceeds it (e.g. a model reading a watermark).
         warmup: Number of first checks whose breaches are ignored (early churn); NaN/inf always breach.
         patience: Consecutive breaching checks before acting.
@@ -117,7 +208,8 @@ class IntegratedGradientsMonitor(Callback):
         autocast: Run IG under the trainer's mixed-precision autocast (faster, less exact: the
             completeness error shows the price). Default: float32.
         kind: Pictures for ``"image"``, ``"text"`` or ``"tabular"`` inputs; ``"auto"`` guesses from shapes.
-        vocabulary: Token names for text: a list indexed by id, or a callable ``id -> str``.
+        vocabulary: Token names for text: a list indexed by id, a callable ``id -> str``, or a tokenizer
+            with ``convert_ids_to_tokens``.
         feature_names: Feature names for tabular inputs.
         class_names: Names of the classes, for the rules tables.
         max_images: Probe examples drawn per check.
@@ -139,10 +231,10 @@ class IntegratedGradientsMonitor(Callback):
 
     def __init__(
         self,
-        probe: int | torch.Tensor | tuple[torch.Tensor, torch.Tensor] = 16,
+        probe: int | torch.Tensor | tuple | dict = 16,
         *,
         target: Literal["auto", "label", "prediction"] | int | Callable[[torch.Tensor, Any], torch.Tensor] = "auto",
-        baseline: float | torch.Tensor | list | None = None,
+        baseline: float | torch.Tensor | list | tuple | dict | None = None,
         n_steps: int | Literal["auto"] = 32,
         method: Literal[
             "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"
@@ -151,7 +243,8 @@ class IntegratedGradientsMonitor(Callback):
         tolerance: float = 0.01,
         max_steps: int = 256,
         layer: str | None = None,
-        output_transform: Literal["softmax", "log_softmax", "sigmoid"] | Callable[[torch.Tensor], torch.Tensor]
+        attribute: str | int | list[str | int] | None = None,
+        output_transform: Literal["softmax", "log_softmax", "sigmoid"] | Callable[[Any], torch.Tensor]
         | None = None,
         unpack: Unpack | None = None,
         every_n_epochs: int = 1,
@@ -159,6 +252,7 @@ class IntegratedGradientsMonitor(Callback):
         drift_reference: Literal["previous", "first"] = "previous",
         drift_threshold: float | None = None,
         completeness_threshold: float | None = None,
+        attribution_error_threshold: float | None = None,
         region: torch.Tensor | list | None = None,
         region_threshold: float | None = None,
         warmup: int = 0,
@@ -174,18 +268,13 @@ class IntegratedGradientsMonitor(Callback):
         log_images: bool = True,
         color_headroom: float = 4.0,
     ) -> None:
-        self.probe_inputs, self.probe_labels = self._check_probe(probe)
-        self.probe_size = probe if isinstance(probe, int) else self.probe_inputs.shape[0]
+        self.given_inputs, self.given_labels, self.probe_size = _check_probe(probe)
         if isinstance(target, str):
             _check_choice(target, "target", TARGETS)
         elif not callable(target):
             check_int(target, "target", minimum=0)
         self.target = target
-        if isinstance(baseline, list):  # from a config file
-            baseline = torch.tensor(baseline)
-        if baseline is not None and not isinstance(baseline, (int, float, torch.Tensor)) or isinstance(baseline, bool):
-            raise TypeError(f"`baseline` must be None, a number or a Tensor, got {type(baseline).__name__}")
-        self.baseline = baseline
+        self.baseline = _check_baseline(baseline)
         self.method = check_method(method)
         self.n_steps = check_n_steps_or_auto(n_steps, self.method)
         self.internal_batch_size = (
@@ -193,9 +282,14 @@ class IntegratedGradientsMonitor(Callback):
         )
         self.tolerance = check_positive_float(tolerance, "tolerance")
         self.max_steps = check_n_steps(max_steps, self.method, name="max_steps")
+        if self.n_steps == "auto" and self.method == "riemann_trapezoid" and self.max_steps < 3:
+            raise ValueError(f"`max_steps` must be >= 3 for n_steps='auto' with riemann_trapezoid, got {max_steps}")
         if layer is not None and not isinstance(layer, str):
             raise TypeError(f"`layer` must be a submodule name such as 'embedding', got {type(layer).__name__}")
+        if layer is not None and not layer.strip():
+            raise ValueError(f"`layer` must name a submodule such as 'embedding', got {layer!r} (the whole model)")
         self.layer = layer
+        self.attribute = _check_attribute(attribute)
         if isinstance(output_transform, str):
             _check_choice(output_transform, "output_transform", tuple(OUTPUT_TRANSFORMS))
         elif output_transform is not None and not callable(output_transform):
@@ -209,10 +303,16 @@ class IntegratedGradientsMonitor(Callback):
         self.drift_reference = _check_choice(drift_reference, "drift_reference", REFERENCES)
         self.drift_threshold = _check_optional_threshold(drift_threshold, "drift_threshold")
         self.completeness_threshold = _check_optional_threshold(completeness_threshold, "completeness_threshold")
+        self.attribution_error_threshold = _check_optional_threshold(attribution_error_threshold,
+                                                                     "attribution_error_threshold")
+        if self.attribution_error_threshold is not None and self.n_steps != "auto":
+            raise ValueError("`attribution_error_threshold` needs n_steps='auto' (fixed rules give no error estimate)")
         if isinstance(region, list):  # from a config file: nested lists of booleans
             region = torch.tensor(region)
         if region is not None and (not isinstance(region, torch.Tensor) or region.dtype != torch.bool):
             raise TypeError(f"`region` must be a bool Tensor mask over one example's features, got {region!r}")
+        if region is not None and not bool(region.any()):
+            raise ValueError("`region` must select at least one feature, got an all-False mask")
         self.region = region
         self.region_threshold = _check_optional_threshold(region_threshold, "region_threshold")
         if self.region_threshold is not None and region is None:
@@ -225,48 +325,42 @@ class IntegratedGradientsMonitor(Callback):
             raise TypeError(f"`autocast` must be a bool, got {autocast!r}")
         self.autocast = autocast
         self.kind = _check_choice(kind, "kind", VIEW_KINDS)
-        self.vocabulary, self.feature_names, self.class_names = vocabulary, feature_names, class_names
+        self.vocabulary = _check_vocabulary(vocabulary)
+        self.feature_names = _check_names(feature_names, "feature_names")
+        self.class_names = _check_names(class_names, "class_names")
         self.max_images = check_int(max_images, "max_images", minimum=1)
-        self.log_images = bool(log_images)
+        if not isinstance(log_images, bool):
+            raise TypeError(f"`log_images` must be a bool, got {log_images!r}")
+        self.log_images = log_images
         self.color_headroom = check_positive_float(color_headroom, "color_headroom")
 
         # Progress (in the checkpoint): the probe, its targets, references and counters.
+        self.probe, self.probe_labels = self.given_inputs, self.given_labels
         self.targets: torch.Tensor | None = None
         self.first_scores: torch.Tensor | None = None
         self.previous_scores: torch.Tensor | None = None
         self.scales: torch.Tensor | None = None
         self.rules: dict[int, list[tuple[int, float]]] = {}
         self.checks = 0
-        self.breach_streak = 0
+        self.policy = BreachPolicy({"ig/drift": self.drift_threshold,
+                                    "ig/completeness_error_max": self.completeness_threshold,
+                                    "ig/attribution_error_max": self.attribution_error_threshold,
+                                    "ig/region_mass": self.region_threshold},
+                                   self.warmup, self.patience, self.on_breach,
+                                   {"ig/drift": f"{self.drift_metric} vs {self.drift_reference} check"})
+        self._single_output = False
+        self._model_fingerprint: str | None = None
         # Per run, not saved.
         self.last_result: IGResult | None = None
         self.last_metrics: dict[str, float] = {}
         self.rules_history: list[dict[str, Any]] = []
         self._tensorboard: TensorBoardLogger | None = None
         self._layer_module: nn.Module | None = None
-        self._view: View | None = None
-        self._single_output = False
-
-    # --- configuration ------------------------------------------------------------------------------
-
-    @staticmethod
-    def _check_probe(probe: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        if isinstance(probe, bool):
-            raise TypeError(f"`probe` must be an int, a Tensor or an (inputs, labels) pair, got {probe!r}")
-        if isinstance(probe, int):
-            check_int(probe, "probe", minimum=1)
-            return None, None
-        if isinstance(probe, torch.Tensor):
-            inputs, labels = probe, None
-        elif isinstance(probe, (tuple, list)) and len(probe) == 2 and isinstance(probe[0], torch.Tensor):
-            inputs, labels = probe
-            if labels is not None and (not isinstance(labels, torch.Tensor) or len(labels) != len(inputs)):
-                raise ValueError(f"`probe` labels must be a Tensor with one label per input ({len(inputs)})")
-        else:
-            raise TypeError(f"`probe` must be an int, a Tensor or an (inputs, labels) pair, got {type(probe).__name__}")
-        if inputs.ndim < 1 or inputs.shape[0] == 0:
-            raise ValueError(f"`probe` must hold at least one example, got shape {tuple(inputs.shape)}")
-        return inputs.detach().cpu().clone(), None if labels is None else labels.detach().cpu().clone()
+        self._explainer: Explainer | None = None
+        self._reporter: Reporter | None = None
+        self._batch: int | None = None
+        self._model_ref: Callable[[], Any] | None = None
+        self._kind: str | None = None
 
     @property
     def state_key(self) -> str:
@@ -275,19 +369,170 @@ class IntegratedGradientsMonitor(Callback):
             target=self.target if isinstance(self.target, (str, int)) else "callable",
         )
 
+    @property
+    def probe_inputs(self) -> torch.Tensor | ModelInputs | None:
+        """The probe's inputs: a Tensor for a model with one positional input, else the :class:`ModelInputs`."""
+        if self.probe is not None and len(self.probe.args) == 1 and not self.probe.kwargs:
+            return self.probe.args[0]
+        return self.probe
+
+    @property
+    def breach_streak(self) -> int:
+        return self.policy.streak
+
+    def _settings(self) -> dict[str, Any]:
+        """What makes the probe and its targets what they are: a checkpoint made with other settings is stale."""
+        return {"probe": self.probe_size, "layer": self.layer, "attribute": self.attribute,
+                "target": self.target if isinstance(self.target, (str, int)) else "callable",
+                "baseline": repr(self.baseline)[:200], "output_transform": self.output_transform
+                if isinstance(self.output_transform, (str, type(None))) else "callable"}
+
+    # --- setup: everything that can be checked before training -----------------------------------------
+
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.layer is not None:
             try:
                 self._layer_module = pl_module.get_submodule(self.layer)
             except AttributeError:
                 names = [n for n, _ in pl_module.named_modules() if n][:20]
-                raise ValueError(f"`layer` {self.layer!r} is not a submodule of the model; some names: {names}")
+                raise ValueError(f"`layer` {self.layer!r} is not a submodule of the model; some names: {names}") \
+                    from None
+        fingerprint = _model_fingerprint(pl_module)
+        previous = self._model_ref() if self._model_ref is not None else None
+        if (previous is not None and previous is not pl_module) or \
+                (self._model_fingerprint is not None and self._model_fingerprint != fingerprint):
+            rank_zero_warn("IntegratedGradientsMonitor: this monitor was used with another model; its probe targets, "
+                           "references and rules are dropped and taken anew (use one monitor per model)")
+            self._reset_progress()
+        self._model_fingerprint, self._model_ref = fingerprint, weakref.ref(pl_module)
         self._tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
         if self._tensorboard is None and self.log_images:
             rank_zero_info(
                 "IntegratedGradientsMonitor: no TensorBoardLogger in the trainer, so only scalars are logged "
                 "(add `logger=TensorBoardLogger(...)` for attribution pictures)"
             )
+        self._reporter = Reporter(self._tensorboard, self.log_images, self._make_view)
+
+    def _reset_progress(self) -> None:
+        self.probe, self.probe_labels = self.given_inputs, self.given_labels
+        self.targets = self.first_scores = self.previous_scores = self.scales = None
+        self.rules, self.checks, self._single_output, self._explainer = {}, 0, False, None
+        self.policy.streak = 0
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._warn_if_never_checking(trainer, pl_module)
+        if self._should_check_ever(trainer, pl_module):
+            self._prepare(trainer, pl_module)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn != "fit" and not trainer.sanity_checking:
+            self._prepare(trainer, pl_module)
+
+    def _should_check_ever(self, trainer: Trainer, pl_module: LightningModule) -> bool:
+        # No validation loop (no validation_step, or limit_val_batches=0): Lightning never calls the check.
+        overridden = type(pl_module).validation_step is not LightningModule.validation_step
+        return overridden and trainer.limit_val_batches != 0
+
+    def _warn_if_never_checking(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._should_check_ever(trainer, pl_module):
+            rank_zero_warn("IntegratedGradientsMonitor: validation never runs in this fit (no `validation_step` or "
+                           "`limit_val_batches=0`), so the monitor never checks")
+            return
+        max_epochs, every_val = trainer.max_epochs, trainer.check_val_every_n_epoch
+        if max_epochs is not None and max_epochs > 0 and every_val is not None:
+            checked = [e for e in range(trainer.current_epoch, max_epochs)
+                       if (e + 1) % every_val == 0 and (e + 1) % self.every_n_epochs == 0]
+            if not checked:
+                rank_zero_warn(f"IntegratedGradientsMonitor: with max_epochs={max_epochs}, check_val_every_n_epoch="
+                               f"{every_val} and every_n_epochs={self.every_n_epochs} the monitor never checks")
+
+    def _prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Take the probe and check it against the model once, before any training step (cheap: no gradients)."""
+        if self._explainer is not None:
+            return
+        with preserved_rng(pl_module.device):
+            self._take_probe(trainer)
+            self._batch = self._points_per_forward(trainer)
+            self._explainer = Explainer(self.probe, self.attribute, self._layer_module, self.layer,
+                                        self.output_transform, self.baseline)
+            self._explainer.check_baseline(self.probe)
+            outputs, layer_values = self._explainer.outputs(pl_module, self.probe, self._batch)
+            self._check_outputs(outputs, layer_values)
+
+    def _take_probe(self, trainer: Trainer) -> None:
+        if self.probe is not None:
+            return
+        loader = first_val_dataloader(trainer.val_dataloaders)
+        if loader is None and trainer.state.fn == "fit":
+            loader = self._request_val_dataloader(trainer)
+        if loader is None:
+            raise ValueError("`probe` is an int but the trainer has no validation dataloader to take it from: pass "
+                             "`val_dataloaders` (or a datamodule with `val_dataloader`), or a Tensor probe")
+        inputs, labels = take_probe(loader, self.probe_size, self.unpack)
+        if len(inputs) < self.probe_size:
+            rank_zero_warn(f"IntegratedGradientsMonitor: `probe`={self.probe_size} but the validation data has "
+                           f"{len(inputs)} examples; the probe holds those {len(inputs)}")
+        # Map-style datasets give every rank the same probe; broadcasting also covers iterable ones.
+        inputs_state, labels = trainer.strategy.broadcast((inputs.state(), labels), src=0)
+        self.probe, self.probe_labels = ModelInputs.from_state(inputs_state), labels
+
+    @staticmethod
+    def _request_val_dataloader(trainer: Trainer) -> Any:
+        # With check_val_every_n_epoch > 1 and no sanity check, Lightning loads the validation data only at
+        # the first validation; load it now, as Lightning itself does at the start of fit.
+        val_loop = trainer.fit_loop.epoch_loop.val_loop
+        training = trainer.training
+        try:
+            trainer.validating = True
+            val_loop.setup_data()
+        finally:
+            trainer.training = training
+        return first_val_dataloader(trainer.val_dataloaders)
+
+    def _points_per_forward(self, trainer: Trainer) -> int:
+        if self.internal_batch_size is not None:
+            return self.internal_batch_size
+        loaders = [getattr(trainer.fit_loop, "_combined_loader", None)] if trainer.state.fn == "fit" else []
+        sizes = [_batch_size_of(getattr(cl, "iterables", None)) for cl in loaders if cl is not None]
+        sizes.append(_batch_size_of(trainer.val_dataloaders))
+        return next((s for s in sizes if s), len(self.probe))
+
+    def _check_outputs(self, outputs: torch.Tensor, layer_values: list[torch.Tensor]) -> None:
+        """Everything the model's outputs on the probe settle: targets, transform, names, kind, region."""
+        n = len(self.probe)
+        single = outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] == 1)
+        if single and self.output_transform in ("softmax", "log_softmax"):
+            raise ValueError(f"`output_transform`={self.output_transform!r} over a model with one output per example "
+                             "normalises over nothing (always 1 / 0): use 'sigmoid' or no transform")
+        # Targets are fixed at the first check; resolving them now only checks them (labels in range, ...).
+        resolve_targets(self.target, outputs, None if self.target == "prediction" else self.probe_labels)
+        n_classes = None if single else outputs.shape[1]
+        if self.class_names is not None and n_classes is not None and len(self.class_names) != n_classes:
+            raise ValueError(f"`class_names` has {len(self.class_names)} names but the model has {n_classes} outputs")
+        primary = self.probe[self._explainer.names[0]]
+        shape = tuple(primary.shape[1:])
+        if layer_values:
+            out = layer_values[0]
+            shape = tuple(out.shape[1:-1]) if out.ndim == primary.ndim + 1 else tuple(out.shape[1:])
+        fake_scores = torch.zeros(min(n, 2), *shape)
+        kind = self._kind = self.kind if self.kind != "auto" else infer_kind(primary, fake_scores, self.layer)
+        if kind == "image" and fake_scores.ndim not in (3, 4):
+            raise ValueError(f"`kind`='image' needs (B, H, W) or (B, C, H, W) attributions, got shape {shape}")
+        if kind == "text" and (primary.is_floating_point() or self.layer is None):
+            raise ValueError("`kind`='text' needs integer token ids attributed at an embedding `layer`")
+        features = math.prod(shape)
+        if kind == "tabular" and self.feature_names is not None and len(self.feature_names) != features:
+            raise ValueError(f"`feature_names` has {len(self.feature_names)} names but the inputs have {features} "
+                             "features")
+        vocab = self.vocabulary
+        if kind == "text" and isinstance(vocab, list) and int(primary.max()) >= len(vocab):
+            raise ValueError(f"`vocabulary` has {len(vocab)} tokens but the probe holds token id {int(primary.max())}")
+        if self.region is not None:
+            try:
+                self.region.expand(shape)
+            except RuntimeError:
+                raise ValueError(f"`region` of shape {tuple(self.region.shape)} does not broadcast to one example's "
+                                 f"scores {shape}") from None
 
     # --- when to check -----------------------------------------------------------------------------
 
@@ -304,186 +549,163 @@ class IntegratedGradientsMonitor(Callback):
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._should_skip_check(trainer):
             return
+        self._prepare(trainer, pl_module)
         with preserved_rng(pl_module.device):
             record, breaches = self._run_check(trainer, pl_module)
-        self._log_pictures(trainer, record)
-        self._act_on_breaches(trainer, breaches)
+        if trainer.is_global_zero:  # pictures and files: rank zero only, and never fatal
+            self._reporter.write(record)
+        self.policy.act(trainer, breaches)
 
     # --- the check ---------------------------------------------------------------------------------
 
     def _run_check(self, trainer: Trainer, pl_module: LightningModule) -> tuple[CheckRecord, list[str]]:
-        self._ensure_probe(trainer, pl_module)
+        self._ensure_targets(trainer, pl_module)
         result = self._attribute(trainer, pl_module)
-        scores = self._feature_scores(result.attributions)
-        finite = bool(torch.isfinite(scores).all())
+        explainer = self._explainer
+        all_scores = explainer.scores(result, self.probe)
+        scores = all_scores[0]
+        vector = torch.cat([s.reshape(len(s), -1) for s in all_scores], 1)
+        finite = torch.isfinite(vector).all(1) & torch.isfinite(result.delta)
         relative = result.relative_error(DELTA_FLOOR)
-        metrics = self._measure(result, relative, scores, finite)
+        metrics = self._measure(result, relative, scores, vector, finite)
         self._log_scalars(trainer, pl_module, metrics)
-        if self.scales is None:  # fixed per-example colour scale, with room for attributions to grow
-            self.scales = self.color_headroom * scores.reshape(len(scores), -1).abs().amax(1).clamp_min(1e-12)
-        if self.first_scores is None:
-            self.first_scores = scores
-        self.previous_scores = scores
+        self._update_references(scores, vector, finite)
         changes = self._update_rules(trainer, scores, finite)
         self.checks += 1
         self.last_result, self.last_metrics = result, metrics
-        record = CheckRecord(trainer.global_step, trainer.current_epoch, self.probe_inputs, self.targets, scores,
-                             self.scales, relative, self.rules, changes)
-        return record, self._breaches(trainer, metrics, finite)
+        display = self.probe[explainer.names[0]]
+        record = CheckRecord(logger_step(trainer), trainer.current_epoch, display, self.targets, scores,
+                             self.scales, relative, self.rules, changes, self._token_mask(display))
+        faults = self._faults(result, finite, trainer.current_epoch)
+        return record, self.policy.find(metrics, self.checks, trainer.current_epoch, faults)
 
-    def _measure(
-        self, result: IGResult, relative: torch.Tensor, scores: torch.Tensor, finite: bool
-    ) -> dict[str, float]:
-        """The check's scalars: completeness, drift against the reference (from the second check on), region."""
+    def _ensure_targets(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Fix the explained output per probe example (once), identically on every process."""
+        if self.targets is not None or self._single_output:
+            return
+        outputs, _ = self._explainer.outputs(pl_module, self.probe, self._batch)
+        targets = resolve_targets(self.target, outputs, self.probe_labels)
+        self.targets = trainer.strategy.broadcast(targets, src=0)
+        self._single_output = self.targets is None
+
+    def _attribute(self, trainer: Trainer, pl_module: LightningModule) -> IGResult:
+        device = pl_module.device
+        precision = trainer.precision_plugin.forward_context() if self.autocast else \
+            torch.autocast(device.type, enabled=False)
+        sync = None
+        if trainer.world_size > 1 and self.n_steps == "auto":
+            def sync(k: int) -> int:  # every rank runs as many forward passes as the busiest one
+                return int(trainer.strategy.reduce(torch.tensor(k, device=device), reduce_op="max"))
+        with eval_mode(pl_module), precision:
+            return self._explainer.attribute(
+                trainer, pl_module, self.probe, self.targets, n_steps=self.n_steps, method=self.method,
+                internal_batch_size=self._batch, tolerance=self.tolerance, max_steps=self.max_steps,
+                delta_floor=DELTA_FLOOR, sync=sync,
+            )
+
+    def _measure(self, result: IGResult, relative: torch.Tensor, scores: torch.Tensor, vector: torch.Tensor,
+                 finite: torch.Tensor) -> dict[str, float]:
+        """The check's scalars, over the examples whose attributions are finite (NaN when none is)."""
+        ok = finite if bool(finite.any()) else torch.ones_like(finite)
         metrics = {
-            "ig/completeness_error": float(relative.mean()),
-            "ig/completeness_error_max": float(relative.max()),
-            "ig/delta_mean": float(result.delta.mean()),
+            "ig/completeness_error": float(relative[ok].mean()),
+            "ig/completeness_error_max": float(relative[ok].max()),
+            "ig/delta_mean": float(result.delta[ok].mean()),
+            "ig/nonfinite_examples": float((~finite).sum()),
         }
         if self.n_steps == "auto":
             metrics["ig/n_steps_mean"] = float(result.n_steps.double().mean())
+            estimate = result.attribution_error.double()[ok]
+            if bool(torch.isfinite(estimate).any()):
+                metrics["ig/attribution_error"] = float(estimate.nanmean())
+                metrics["ig/attribution_error_max"] = float(estimate[torch.isfinite(estimate)].max())
         reference = self.previous_scores if self.drift_reference == "previous" else self.first_scores
-        if reference is not None and finite:
-            distances = drift_distances(scores, reference, k=self.top_k)
-            metrics.update({f"ig/drift_{name}": float(d.mean()) for name, d in distances.items()})
-            metrics["ig/drift"] = metrics[f"ig/drift_{self.drift_metric}"]
+        if reference is not None:
+            comparable = finite & torch.isfinite(reference).all(1)
+            if bool(comparable.any()):
+                distances = drift_distances(vector[comparable], reference[comparable], k=self.top_k)
+                metrics.update({f"ig/drift_{name}": float(d.mean()) for name, d in distances.items()})
+                metrics["ig/drift"] = metrics[f"ig/drift_{self.drift_metric}"]
         if self.region is not None:
-            metrics["ig/region_mass"] = self._region_mass(scores)
+            metrics["ig/region_mass"] = self._region_mass(scores[ok])
         return metrics
 
-    def _update_rules(
-        self, trainer: Trainer, scores: torch.Tensor, finite: bool
-    ) -> dict[int, dict[str, list[int]]] | None:
-        """Extract this check's rules and return what entered/left each class's top-k since the last one."""
+    def _update_references(self, scores: torch.Tensor, vector: torch.Tensor, finite: torch.Tensor) -> None:
+        """Finite examples become references and get their colour scale; a non-finite one never does."""
+        rows = finite.view(-1, 1)
+        nan = torch.full_like(vector, float("nan"))
+        self.first_scores = torch.where(rows & ~torch.isfinite(self.first_scores).all(1, keepdim=True), vector,
+                                        self.first_scores) if self.first_scores is not None \
+            else torch.where(rows, vector, nan)
+        self.previous_scores = torch.where(rows, vector, nan if self.previous_scores is None else self.previous_scores)
+        scale = self.color_headroom * scores.reshape(len(scores), -1).abs().amax(1).clamp_min(1e-12)
+        if self.scales is None:
+            self.scales = torch.full_like(scale, float("nan"))
+        self.scales = torch.where(finite & torch.isnan(self.scales), scale, self.scales)
+
+    def _faults(self, result: IGResult, finite: torch.Tensor, epoch: int) -> list[str]:
+        """Which examples are not finite, and where it comes from: the probe, the model's outputs, or its gradients."""
+        if bool(finite.all()):
+            return []
+        bad_input = torch.zeros_like(finite)
+        for _, t in self.probe.items():
+            if t.is_floating_point():
+                bad_input |= ~torch.isfinite(t.reshape(len(t), -1)).all(1)
+        bad_output = ~torch.isfinite(result.delta) & ~bad_input
+        bad_gradient = ~finite & ~bad_input & ~bad_output
+        found = []
+        for mask, where in ((bad_input, "the probe inputs"), (bad_output, "the model's outputs F(x) or F(baseline)"),
+                            (bad_gradient, "the model's gradients")):
+            idx = mask.nonzero().flatten().tolist()
+            if idx:
+                found.append(f"attributions are NaN or infinite at epoch {epoch} for {len(idx)} of {len(finite)} "
+                             f"probe examples {idx[:10]}: the values come from {where}")
+        return found
+
+    def _update_rules(self, trainer: Trainer, scores: torch.Tensor,
+                      finite: torch.Tensor) -> dict[int, dict[str, list[int]]] | None:
+        """Extract this check's rules (finite examples only) and what entered/left each class's top-k."""
         previous = self.rules or None
-        if self.targets is not None and finite:
-            self.rules = self._extract_rules(scores)
+        if self.targets is not None and bool(finite.any()):
+            self.rules = self._extract_rules(scores[finite], self.targets[finite], finite)
         changes = rule_changes(previous, self.rules) if self.rules else None
         self.rules_history.append({"epoch": trainer.current_epoch, "step": trainer.global_step,
                                    "rules": self.rules, "changes": changes})
         return changes
 
-    def _ensure_probe(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Take the probe (once) and fix the targets (once), identically on every process."""
-        if self.probe_inputs is None:
-            loader = first_val_dataloader(trainer.val_dataloaders)
-            if loader is None:
-                raise ValueError("`probe` is an int but the trainer has no validation dataloader to take it from")
-            inputs, labels = take_probe(loader, self.probe_size, self.unpack)
-            # Map-style datasets give every rank the same probe; broadcasting also covers iterable ones.
-            self.probe_inputs, self.probe_labels = trainer.strategy.broadcast((inputs, labels), src=0)
-        if self.targets is None and not self._single_output:
-            targets = self._resolve_targets(pl_module)
-            self.targets = trainer.strategy.broadcast(targets, src=0)
-            self._single_output = self.targets is None
+    def _token_mask(self, display: torch.Tensor) -> torch.Tensor | None:
+        """For token ids attributed at a layer: the positions that are real tokens (not padding nor baseline)."""
+        if self._resolved_kind() != "text":
+            return None
+        mask = torch.ones_like(display, dtype=torch.bool)
+        attention = self.probe.kwargs.get("attention_mask")
+        if attention is not None and attention.shape == display.shape:
+            mask &= attention.bool()
+        baseline = self._explainer.baselines_for(torch.device("cpu"))
+        if isinstance(baseline, tuple):
+            baseline = baseline[0]
+        base = torch.as_tensor(0 if baseline is None else baseline)
+        return mask & (display != base.expand_as(display))
 
-    def _forward_func(self, pl_module: LightningModule) -> nn.Module:
-        transform = self.output_transform
-        if transform is None:
-            return pl_module
-        return _Transformed(pl_module, OUTPUT_TRANSFORMS[transform] if isinstance(transform, str) else transform)
-
-    @staticmethod
-    def _on_model(pl_module: LightningModule, inputs: torch.Tensor) -> torch.Tensor:
-        """``inputs`` on the model's device, floating inputs in its parameters' dtype (e.g. bf16-true)."""
-        inputs = inputs.to(pl_module.device)
-        params = [p for p in pl_module.parameters() if p.is_floating_point()]
-        return inputs.to(params[0].dtype) if inputs.is_floating_point() and params else inputs
-
-    def _resolve_targets(self, pl_module: LightningModule) -> torch.Tensor | None:
-        inputs = self._on_model(pl_module, self.probe_inputs)
-        forward = self._forward_func(pl_module)
-        step = self.internal_batch_size or len(inputs)
-        with torch.no_grad(), eval_mode(pl_module):
-            outputs = torch.cat([forward(inputs[i:i + step]).detach().cpu() for i in range(0, len(inputs), step)])
-        n = len(inputs)
-        if outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] == 1):
-            return None  # one output per example: nothing to choose
-        target, labels = self.target, self.probe_labels
-        if target == "auto":
-            target = "label" if labels is not None and not labels.dtype.is_floating_point else "prediction"
-        if target == "label":
-            if labels is None or labels.dtype.is_floating_point or labels.shape != (n,):
-                raise ValueError(
-                    "`target`='label' needs integer class labels of shape (B,) in the probe; got "
-                    f"{None if labels is None else (labels.dtype, tuple(labels.shape))}: use target='prediction' "
-                    "or pass `unpack=`"
-                )
-            return labels.long()
-        if target == "prediction":
-            return outputs.argmax(-1)
-        if callable(target):
-            return check_target(target(outputs, labels), n)
-        return check_target(target, n)
-
-    def _attribute(self, trainer: Trainer, pl_module: LightningModule) -> IGResult:
-        """IG on this process's shard of the probe, gathered from every process in probe order, on CPU."""
-        world, rank = trainer.world_size, trainer.global_rank
-        n = self.probe_inputs.shape[0]
-        per_rank = math.ceil(n / world)
-        # Every rank computes the same number of examples (repeating its last one as padding) so that
-        # all_gather sees equal shapes; the padding is dropped after the gather.
-        idx = torch.arange(rank * per_rank, (rank + 1) * per_rank).clamp_max(n - 1)
-        device = pl_module.device
-        inputs = self._on_model(pl_module, self.probe_inputs[idx])
-        target = None if self.targets is None else self.targets[idx].to(device)
-        precision = trainer.precision_plugin.forward_context() if self.autocast else \
-            torch.autocast(device.type, enabled=False)
-        with eval_mode(pl_module), precision:
-            result = integrated_gradients(
-                self._forward_func(pl_module), inputs, target=target, baselines=self._baseline(device),
-                n_steps=self.n_steps, method=self.method, internal_batch_size=self.internal_batch_size,
-                tolerance=self.tolerance, layer=self._layer_module, max_steps=self.max_steps,
-                delta_floor=DELTA_FLOOR,
-            )
-        if world > 1:
-            result = IGResult(*(self._gather(trainer, t, n) for t in (
-                result.attributions, result.delta, result.completeness_error, result.n_steps, result.n_evaluations)))
-        return result.to("cpu")
-
-    @staticmethod
-    def _gather(trainer: Trainer, t: torch.Tensor, n: int) -> torch.Tensor:
-        gathered = trainer.strategy.all_gather(t)  # (world, per_rank, ...), ranks in order
-        return gathered.reshape(-1, *t.shape[1:])[:n]
-
-    def _baseline(self, device: torch.device) -> float | torch.Tensor | None:
-        if isinstance(self.baseline, torch.Tensor):
-            return self.baseline.to(device)
-        return self.baseline
-
-    def _feature_scores(self, attributions: torch.Tensor) -> torch.Tensor:
-        """One score per input feature: attributions at an embedding are summed over its last dimension."""
-        if self._layer_module is not None and attributions.ndim == self.probe_inputs.ndim + 1:
-            return attributions.sum(-1)
-        return attributions
+    def _extract_rules(self, scores: torch.Tensor, targets: torch.Tensor,
+                       finite: torch.Tensor) -> dict[int, list[tuple[int, float]]]:
+        flat = scores.reshape(len(scores), -1)
+        mask = self._token_mask(self.probe[self._explainer.names[0]])
+        if mask is not None:  # pool positions by token id, leaving out padding and baseline tokens
+            keys = self.probe[self._explainer.names[0]][finite].reshape(len(scores), -1).long()
+            mask = mask[finite].reshape(keys.shape)
+        else:
+            keys = torch.arange(flat.shape[1]).expand_as(flat)
+        return class_top_features(keys, flat, targets, k=self.top_k, mask=mask)
 
     def _region_mass(self, scores: torch.Tensor) -> float:
         """Share of ``|attribution|`` inside ``region``, over input features (tokens, with a layer)."""
         mass = scores.abs().reshape(len(scores), -1)
-        try:
-            region = self.region.expand(scores.shape[1:]).reshape(-1)
-        except RuntimeError:
-            raise ValueError(
-                f"`region` of shape {tuple(self.region.shape)} does not broadcast to one example's features "
-                f"{tuple(scores.shape[1:])}"
-            ) from None
+        region = self.region.expand(scores.shape[1:]).reshape(-1)
         return float((mass[:, region].sum(1) / mass.sum(1).clamp_min(1e-30)).mean())
 
-    def _extract_rules(self, scores: torch.Tensor) -> dict[int, list[tuple[int, float]]]:
-        flat = scores.reshape(len(scores), -1)
-        if self._resolved_kind(scores) == "text":  # pool positions by token id, leaving out baseline tokens
-            keys = self.probe_inputs.reshape(len(scores), -1).long()
-            base = torch.as_tensor(0 if self.baseline is None else self.baseline).cpu()
-            mask = keys != base.expand_as(self.probe_inputs).reshape(keys.shape)
-        else:
-            keys = torch.arange(flat.shape[1]).expand_as(flat)
-            mask = None
-        return class_top_features(keys, flat, self.targets, k=self.top_k, mask=mask)
-
-    def _resolved_kind(self, scores: torch.Tensor) -> str:
-        if self.kind != "auto":
-            return self.kind
-        return infer_kind(self.probe_inputs, scores, self.layer)
+    def _resolved_kind(self) -> str:
+        return self._kind or self.kind
 
     # --- logging ------------------------------------------------------------------------------------
 
@@ -493,78 +715,21 @@ class IntegratedGradientsMonitor(Callback):
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=trainer.world_size > 1,
                           batch_size=1)
 
-    def _make_view(self, scores: torch.Tensor) -> View:
-        kind = self._resolved_kind(scores)
+    def _make_view(self, record: CheckRecord) -> View:
+        kind = self._resolved_kind()
         if kind == "text":
             return TextView(self.vocabulary, self.class_names, self.max_images)
         if kind == "tabular":
             return TabularView(self.feature_names, self.class_names, max_examples=min(4, self.max_images))
         return ImageView(self.class_names, self.max_images)
 
-    def _log_pictures(self, trainer: Trainer, record: CheckRecord) -> None:
-        if not trainer.is_global_zero or self._tensorboard is None:
-            return
-        self._write_rules_file(record)
-        if not self.log_images:
-            return
-        writer = self._tensorboard.experiment
-        log_common(writer, record)
-        if self._view is None:
-            self._view = self._make_view(record.scores)
-        self._view.log(writer, record)
-
-    def _write_rules_file(self, record: CheckRecord) -> None:
-        """Rules as data a program can read back: one JSON line per check in the logger's directory."""
-        if not record.rules:
-            return
-        os.makedirs(self._tensorboard.log_dir, exist_ok=True)
-        line = {"epoch": record.epoch, "step": record.step,
-                "rules": {str(c): v for c, v in record.rules.items()},
-                "changes": {str(c): v for c, v in (record.changes or {}).items()}}
-        with open(os.path.join(self._tensorboard.log_dir, "ig_rules.jsonl"), "a") as f:
-            f.write(json.dumps(line) + "\n")
-
-    # --- thresholds ---------------------------------------------------------------------------------
-
-    def _breaches(self, trainer: Trainer, metrics: dict[str, float], finite: bool) -> list[str]:
-        epoch = trainer.current_epoch
-        found = [] if finite else [f"attributions are NaN or infinite at epoch {epoch}"]
-        in_warmup = self.checks <= self.warmup  # self.checks already counts this check
-        limits = [
-            ("ig/drift", self.drift_threshold, f"{self.drift_metric} vs {self.drift_reference} check"),
-            ("ig/completeness_error_max", self.completeness_threshold, "worst relative completeness error"),
-            ("ig/region_mass", self.region_threshold, "share of |attribution| inside `region`"),
-        ]
-        names = {"ig/drift": "drift_threshold", "ig/completeness_error_max": "completeness_threshold",
-                 "ig/region_mass": "region_threshold"}
-        for key, limit, what in limits:
-            value = metrics.get(key)
-            if not in_warmup and limit is not None and value is not None and value > limit:
-                found.append(f"{key} ({what}) = {value:.4g} > {names[key]}={limit:g} at epoch {epoch}")
-        return found
-
-    def _act_on_breaches(self, trainer: Trainer, breaches: list[str]) -> None:
-        self.breach_streak = self.breach_streak + 1 if breaches else 0
-        should_act = self.breach_streak >= self.patience
-        # Every rank sees the same gathered attributions, but decide globally anyway: nobody acts alone.
-        should_act = trainer.strategy.reduce_boolean_decision(should_act, all=False)
-        if not should_act:
-            return
-        message = "IntegratedGradientsMonitor: " + "; ".join(breaches or ["a threshold was breached on another rank"])
-        if self.patience > 1:
-            message += f" ({self.breach_streak} checks in a row)"
-        if self.on_breach == "raise":
-            raise AttributionDriftError(message)
-        if self.on_breach == "stop":
-            trainer.should_stop = True
-            message += ": stopping the run"
-        rank_zero_warn(message)
-
     # --- checkpoint ---------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "probe_inputs": self.probe_inputs,
+            "settings": self._settings(),
+            "model": self._model_fingerprint,
+            "probe": None if self.probe is None else self.probe.state(),
             "probe_labels": self.probe_labels,
             "targets": self.targets,
             "first_scores": self.first_scores,
@@ -573,14 +738,30 @@ class IntegratedGradientsMonitor(Callback):
             "rules": {int(c): [[int(k), float(v)] for k, v in r] for c, r in self.rules.items()},
             "single_output": self._single_output,
             "checks": self.checks,
-            "breach_streak": self.breach_streak,
+            "breach_streak": self.policy.streak,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        for key in ("probe_inputs", "probe_labels", "targets", "first_scores", "previous_scores", "scales"):
+        saved = state_dict.get("settings")
+        if saved is not None and saved != self._settings():
+            changed = sorted(k for k in set(saved) | set(self._settings()) if saved.get(k) != self._settings().get(k))
+            rank_zero_warn(f"IntegratedGradientsMonitor: the checkpoint's monitor had other settings ({changed}); "
+                           "its probe, targets and references are not used and are taken anew")
+            return
+        probe = state_dict.get("probe", state_dict.get("probe_inputs"))
+        if probe is not None:
+            self.probe = ModelInputs.from_state(probe)
+            self.probe_labels = state_dict.get("probe_labels")
+        for key in ("targets", "first_scores", "previous_scores", "scales"):
             if state_dict.get(key) is not None:
                 setattr(self, key, state_dict[key])
+        for key in ("first_scores", "previous_scores"):  # older checkpoints kept scores in the input's shape
+            value = getattr(self, key)
+            if value is not None:
+                setattr(self, key, value.reshape(len(value), -1).float())
         self._single_output = bool(state_dict.get("single_output", False))
+        self._model_fingerprint = state_dict.get("model", self._model_fingerprint)
         self.rules = {int(c): [(int(k), float(v)) for k, v in r] for c, r in state_dict.get("rules", {}).items()}
         self.checks = state_dict.get("checks", self.checks)
-        self.breach_streak = state_dict.get("breach_streak", self.breach_streak)
+        self.policy.streak = state_dict.get("breach_streak", self.policy.streak)
+        self._explainer = None  # checked again against the model before the next check

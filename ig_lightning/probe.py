@@ -1,66 +1,168 @@
 """The probe: a fixed batch of examples attributed at every check, taken once from the data.
 
+A probe holds the model's *whole* input (:class:`ModelInputs`): positional tensors, keyword tensors
+(a Hugging Face batch: ``input_ids``, ``attention_mask``, ...) or both, and optional labels.
+
 Example::
 
     >>> import torch
     >>> from torch.utils.data import DataLoader, TensorDataset
     >>> data = TensorDataset(torch.arange(10.0).view(5, 2), torch.tensor([0, 1, 0, 1, 1]))
     >>> inputs, labels = take_probe(DataLoader(data, batch_size=2, shuffle=True), 3)
-    >>> inputs[:, 0].tolist(), labels.tolist()
+    >>> inputs.args[0][:, 0].tolist(), labels.tolist()
     ([0.0, 2.0, 4.0], [0, 1, 0])
+    >>> inputs, labels = default_unpack({"input_ids": torch.ones(2, 4, dtype=torch.long),
+    ...                                  "attention_mask": torch.ones(2, 4), "labels": torch.tensor([0, 1])})
+    >>> inputs.names, labels.tolist()
+    (['input_ids', 'attention_mask'], [0, 1])
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Union
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 from torch.utils.data._utils.collate import default_collate
 
-Unpack = Callable[[Any], "tuple[torch.Tensor, torch.Tensor | None]"]
+Name = Union[int, str]
+Unpack = Callable[[Any], "tuple[Any, torch.Tensor | None]"]
 
-INPUT_KEYS = ("x", "input", "inputs", "image", "images", "input_ids", "features")
+#: Keys of a dict batch that make it a keyword batch (the model is called as ``model(**inputs)``).
+KEYWORD_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "pixel_values", "pixel_mask",
+                "inputs_embeds", "input_values", "input_features", "decoder_input_ids", "decoder_attention_mask")
+#: Keys of a dict batch whose tensor is the one positional input (``model(batch["x"])``).
+INPUT_KEYS = ("x", "input", "inputs", "image", "images", "features")
 LABEL_KEYS = ("y", "label", "labels", "target", "targets")
+#: Keyword inputs that are attributed by default with ``layer=`` (the ones a baseline replaces).
+LAYER_INPUT_KEYS = ("input_ids", "pixel_values", "input_values", "input_features", "inputs_embeds")
 
 
-def default_unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Inputs and labels from a batch: ``x``, ``(x, y, ...)``, or a dict with keys such as ``"x"``/``"y"``.
+@dataclass
+class ModelInputs:
+    """A batch as the model takes it: ``model(*args, **kwargs)``, every tensor with the batch first.
+
+    Attributes:
+        args: Positional tensors.
+        kwargs: Keyword tensors, in order.
+    """
+
+    args: tuple[torch.Tensor, ...] = ()
+    kwargs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, inputs: Any, what: str = "`unpack`") -> ModelInputs:
+        """A Tensor (one positional input), a tuple/list (positional) or a dict (keyword) of tensors."""
+        if isinstance(inputs, ModelInputs):
+            return inputs
+        if isinstance(inputs, torch.Tensor):
+            made = cls((inputs,))
+        elif isinstance(inputs, (tuple, list)) and inputs and all(isinstance(t, torch.Tensor) for t in inputs):
+            made = cls(tuple(inputs))
+        elif isinstance(inputs, Mapping) and inputs and all(isinstance(k, str) for k in inputs):
+            bad = [k for k, v in inputs.items() if not isinstance(v, torch.Tensor)]
+            if bad:
+                raise TypeError(f"{what} must give the model's inputs as tensors, got non-tensors at keys {bad}")
+            made = cls((), dict(inputs))
+        else:
+            raise TypeError(
+                f"{what} must give the model's inputs as a Tensor, a tuple of Tensors or a dict of Tensors, got "
+                f"{type(inputs).__name__}"
+            )
+        made.check()
+        return made
+
+    def check(self) -> None:
+        sizes = {name: t.shape[0] if t.ndim else None for name, t in self.items()}
+        if any(s is None for s in sizes.values()) or len(set(sizes.values())) != 1:
+            raise ValueError(f"every probe input must have the same batch size as its first dimension, got {sizes}")
+
+    @property
+    def names(self) -> list[Name]:
+        return [*range(len(self.args)), *self.kwargs]
+
+    def items(self) -> list[tuple[Name, torch.Tensor]]:
+        return [*enumerate(self.args), *self.kwargs.items()]
+
+    def __getitem__(self, name: Name) -> torch.Tensor:
+        return self.args[name] if isinstance(name, int) else self.kwargs[name]
+
+    def __len__(self) -> int:
+        return next(iter(self.items()))[1].shape[0]
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> ModelInputs:
+        return ModelInputs(tuple(fn(t) for t in self.args), {k: fn(v) for k, v in self.kwargs.items()})
+
+    def replace(self, values: dict[Name, torch.Tensor]) -> ModelInputs:
+        """A copy with some tensors replaced (by name or position)."""
+        args = tuple(values.get(i, t) for i, t in enumerate(self.args))
+        return ModelInputs(args, {k: values.get(k, v) for k, v in self.kwargs.items()})
+
+    def call(self, model: Callable[..., Any]) -> Any:
+        return model(*self.args, **self.kwargs)
+
+    def state(self) -> dict[str, Any]:
+        """Plain containers of tensors, loadable with ``torch.load(weights_only=True)``."""
+        return {"args": list(self.args), "kwargs": dict(self.kwargs)}
+
+    @classmethod
+    def from_state(cls, state: Any) -> ModelInputs:
+        if isinstance(state, torch.Tensor):  # checkpoints written before probes had a structure
+            return cls((state,))
+        return cls(tuple(state.get("args", ())), dict(state.get("kwargs", {})))
+
+
+def default_unpack(batch: Any) -> tuple[ModelInputs, torch.Tensor | None]:
+    """The model's inputs and the labels in a batch.
+
+    - a Tensor: the one input, no labels;
+    - a tuple/list ``(x, y, ...)``: ``x`` is the input, ``y`` the labels (when a Tensor);
+    - a dict with Hugging Face keys (``input_ids``, ``attention_mask``, ``pixel_values``, ...): every tensor
+      but the labels (``labels``, ``label``, ``y``, ...) is passed as a keyword argument;
+    - another dict: the tensor at ``x``/``input``/``image``/``features``... is the one input.
 
     Raises:
         TypeError: no inputs found; pass ``unpack=`` to the monitor to say where they are.
     """
     if isinstance(batch, torch.Tensor):
-        return batch, None
+        return ModelInputs((batch,)), None
     if isinstance(batch, Sequence) and not isinstance(batch, str) and len(batch) and isinstance(batch[0], torch.Tensor):
         label = batch[1] if len(batch) > 1 and isinstance(batch[1], torch.Tensor) else None
-        return batch[0], label
+        return ModelInputs((batch[0],)), label
     if isinstance(batch, Mapping):
-        inputs = next((batch[k] for k in INPUT_KEYS if isinstance(batch.get(k), torch.Tensor)), None)
         labels = next((batch[k] for k in LABEL_KEYS if isinstance(batch.get(k), torch.Tensor)), None)
+        if any(isinstance(batch.get(k), torch.Tensor) for k in KEYWORD_KEYS):
+            kwargs = {k: v for k, v in batch.items()
+                      if isinstance(k, str) and isinstance(v, torch.Tensor) and k not in LABEL_KEYS}
+            return ModelInputs((), kwargs), labels
+        inputs = next((batch[k] for k in INPUT_KEYS if isinstance(batch.get(k), torch.Tensor)), None)
         if inputs is not None:
-            return inputs, labels
+            return ModelInputs((inputs,)), labels
+    keys = f" with keys {list(batch)[:10]}" if isinstance(batch, Mapping) else ""
     raise TypeError(
-        f"cannot find the inputs in a batch of type {type(batch).__name__}: pass `unpack=`, a callable "
-        "mapping a batch to (inputs, labels or None)"
+        f"cannot find the inputs in a batch of type {type(batch).__name__}{keys}: pass `unpack=`, a callable "
+        "mapping a batch to (inputs, labels or None), inputs being a Tensor, a tuple (positional arguments) "
+        "or a dict (keyword arguments) of Tensors"
     )
 
 
-def unpack_checked(unpack: Unpack, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+def unpack_checked(unpack: Unpack, batch: Any) -> tuple[ModelInputs, torch.Tensor | None]:
     """Call ``unpack`` and check what it returns."""
     out = unpack(batch)
-    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], torch.Tensor)):
-        raise TypeError(f"`unpack` must return (inputs: Tensor, labels: Tensor | None), got {type(out).__name__}")
-    if out[1] is not None and not isinstance(out[1], torch.Tensor):
-        raise TypeError(f"`unpack` must return labels as a Tensor or None, got {type(out[1]).__name__}")
-    return out
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise TypeError(f"`unpack` must return (inputs, labels or None), got {type(out).__name__}")
+    inputs, labels = ModelInputs.of(out[0]), out[1]
+    if labels is not None and not isinstance(labels, torch.Tensor):
+        raise TypeError(f"`unpack` must return labels as a Tensor or None, got {type(labels).__name__}")
+    return inputs, labels
 
 
 def take_probe(
     dataloader: DataLoader, n: int, unpack: Unpack = default_unpack
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The first ``n`` examples of ``dataloader``'s dataset, on CPU.
+) -> tuple[ModelInputs, torch.Tensor | None]:
+    """The first ``n`` examples of ``dataloader``'s dataset (fewer if it has fewer), on CPU.
 
     Map-style datasets are indexed directly (``dataset[0..n-1]``, collated with the loader's
     ``collate_fn``), so the probe does not depend on shuffling or on a distributed sampler: every
@@ -76,21 +178,24 @@ def take_probe(
         if count == 0:
             raise ValueError("the validation dataset is empty: cannot take a probe from it")
         return _to_cpu(*unpack_checked(unpack, collate([dataset[i] for i in range(count)])), n)
-    inputs, labels = [], []
+    parts: list[tuple[ModelInputs, torch.Tensor | None]] = []
     for batch in dataloader:
-        x, y = unpack_checked(unpack, batch)
-        inputs.append(x)
-        labels.append(y)
-        if sum(len(t) for t in inputs) >= n:
+        parts.append(unpack_checked(unpack, batch))
+        if sum(len(x) for x, _ in parts) >= n:
             break
-    if not inputs:
+    if not parts:
         raise ValueError("the validation dataloader yielded no batch: cannot take a probe from it")
-    label = None if any(y is None for y in labels) else torch.cat(labels)
-    return _to_cpu(torch.cat(inputs), label, n)
+    first = parts[0][0]
+    inputs = ModelInputs(
+        tuple(torch.cat([x.args[i] for x, _ in parts]) for i in range(len(first.args))),
+        {k: torch.cat([x.kwargs[k] for x, _ in parts]) for k in first.kwargs},
+    )
+    labels = None if any(y is None for _, y in parts) else torch.cat([y for _, y in parts])
+    return _to_cpu(inputs, labels, n)
 
 
-def _to_cpu(inputs: torch.Tensor, labels: torch.Tensor | None, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    inputs = inputs[:n].detach().cpu().clone()
+def _to_cpu(inputs: ModelInputs, labels: torch.Tensor | None, n: int) -> tuple[ModelInputs, torch.Tensor | None]:
+    inputs = inputs.map(lambda t: t[:n].detach().cpu().clone())
     return inputs, None if labels is None else labels[:n].detach().cpu().clone()
 
 

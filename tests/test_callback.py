@@ -307,7 +307,7 @@ def test_state_round_trips_through_a_weights_only_checkpoint_and_resume(tmp_path
     t, _ = fit(tmp_path, monitor, max_epochs=2, callbacks=[ckpt], enable_checkpointing=True)
     path = ckpt.last_model_path
     saved = torch.load(path, weights_only=True)["callbacks"][monitor.state_key]
-    assert torch.equal(saved["probe_inputs"], monitor.probe_inputs)
+    assert torch.equal(saved["probe"]["args"][0], monitor.probe_inputs)
     assert torch.equal(saved["first_scores"], monitor.first_scores)
 
     resumed = IntegratedGradientsMonitor(probe=6, n_steps=8, drift_reference="first")

@@ -1,0 +1,242 @@
+"""One check, from the model and the probe to attributions and per-feature scores (no logging here).
+
+:class:`Explainer` knows which of the model's inputs are attributed (all floating-point ones, or with
+a layer the one the baseline replaces), calls the engine on this process's shard of the probe with
+everything else passed unchanged at every path point, and gathers the shards in probe order.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from ig_lightning._checks import check_target
+from ig_lightning._layer import tap_layers
+from ig_lightning._structure import make_baselines, model_output
+from ig_lightning.engine import IGResult, NonFiniteAttributionWarning, integrated_gradients
+from ig_lightning.probe import LAYER_INPUT_KEYS, ModelInputs, Name
+from ig_lightning.safety import eval_mode
+
+OUTPUT_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "softmax": lambda out: out.softmax(-1),
+    "log_softmax": lambda out: out.log_softmax(-1),
+    "sigmoid": torch.sigmoid,
+}
+
+
+class _Forward(nn.Module):
+    """The model as the engine calls it: attributed tensors first, then the rest, rebuilt into the model's call.
+
+    A module, so that the engine sees (and freezes) the model's parameters and finds the layer inside it.
+    """
+
+    def __init__(self, model: nn.Module, names: Sequence[Name], template: ModelInputs,
+                 transform: str | Callable[[Any], torch.Tensor] | None) -> None:
+        super().__init__()
+        self.model, self.names, self.template, self.transform = model, list(names), template, transform
+
+    def forward(self, *tensors: torch.Tensor) -> Any:
+        out = self.template.replace(dict(zip(self.names, tensors))).call(self.model)
+        if self.transform is None:
+            return out
+        if isinstance(self.transform, str):
+            return OUTPUT_TRANSFORMS[self.transform](model_output(out))
+        return self.transform(out)  # a user's callable receives the raw output
+
+
+def on_model(module: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    """``t`` on the model's device; floating tensors in its parameters' dtype (e.g. bf16-true)."""
+    params = [p for p in module.parameters() if p.is_floating_point()]
+    device = params[0].device if params else torch.device("cpu")
+    t = t.to(device)
+    return t.to(params[0].dtype) if t.is_floating_point() and params else t
+
+
+class Explainer:
+    """Attributes a probe with a model: the monitor's bridge to :func:`ig_lightning.integrated_gradients`.
+
+    Args:
+        inputs: The probe's model inputs (CPU).
+        attribute: Names (dict keys) or positions of the inputs to attribute, or ``None``: every
+            floating-point input, or with ``layer`` the token ids / pixels the baseline replaces.
+        layer: The module to attribute at, and its name.
+        output_transform: A name of :data:`OUTPUT_TRANSFORMS`, a callable of the raw output, or ``None``.
+        baseline: ``None``, a number, a Tensor (one attributed input), or a tuple/dict with one per input.
+
+    Raises:
+        ValueError: ``attribute`` names an input that is not in the probe, or nothing can be attributed.
+    """
+
+    def __init__(self, inputs: ModelInputs, attribute: Sequence[Name] | None, layer: nn.Module | None,
+                 layer_name: str | None, output_transform: Any, baseline: Any) -> None:
+        self.layer, self.layer_name, self.transform = layer, layer_name, output_transform
+        self.names = self._choose(inputs, attribute, layer is not None)
+        self.others = [name for name in inputs.names if name not in self.names]
+        self.baseline = self._order_baseline(baseline)
+
+    @staticmethod
+    def _choose(inputs: ModelInputs, attribute: Sequence[Name] | None, with_layer: bool) -> list[Name]:
+        if attribute is not None:
+            missing = [a for a in attribute if a not in inputs.names]
+            if missing:
+                raise ValueError(f"`attribute` names inputs {missing} that the probe does not have; it has "
+                                 f"{inputs.names}")
+            return list(attribute)
+        if with_layer:
+            preferred = [k for k in LAYER_INPUT_KEYS if k in inputs.kwargs]
+            return [preferred[0] if preferred else inputs.names[0]]
+        names = [name for name, t in inputs.items() if t.is_floating_point()]
+        if not names:
+            raise ValueError(
+                f"the probe has no floating-point input to attribute (inputs {[(n, str(t.dtype)) for n, t in inputs.items()]}): "
+                "token ids are attributed at their embedding, pass `layer=` (e.g. 'embedding')"
+            )
+        return names
+
+    def _order_baseline(self, baseline: Any) -> Any:
+        if isinstance(baseline, dict):
+            unknown = [k for k in baseline if k not in self.names]
+            if unknown:
+                raise ValueError(f"`baseline` has entries {unknown} for inputs that are not attributed ({self.names})")
+            return tuple(baseline.get(name) for name in self.names)
+        if isinstance(baseline, (tuple, list)) and not isinstance(baseline, torch.Tensor):
+            if len(baseline) != len(self.names):
+                raise ValueError(f"`baseline` must have one entry per attributed input {self.names}, got {len(baseline)}")
+            return tuple(baseline)
+        return baseline
+
+    def forward(self, model: nn.Module, template: ModelInputs) -> _Forward:
+        return _Forward(model, self.names + self.others, template, self.transform)
+
+    def split(self, inputs: ModelInputs) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """The attributed tensors and the others, in the order :meth:`forward` takes them."""
+        return tuple(inputs[n] for n in self.names), tuple(inputs[n] for n in self.others)
+
+    def baselines_for(self, device: torch.device) -> Any:
+        move = lambda b: b.to(device) if isinstance(b, torch.Tensor) else b  # noqa: E731
+        if isinstance(self.baseline, tuple):
+            return tuple(move(b) for b in self.baseline)
+        if len(self.names) > 1 and isinstance(self.baseline, torch.Tensor):
+            raise TypeError(f"`baseline` must be a tuple or dict with one entry per attributed input {self.names}, "
+                            "got one Tensor")
+        return move(self.baseline)
+
+    def check_baseline(self, inputs: ModelInputs) -> None:
+        """Raise now, naming ``baseline``, if it does not fit the attributed inputs."""
+        attributed, _ = self.split(inputs)
+        try:
+            make_baselines(self.baselines_for(torch.device("cpu")), attributed)
+        except (TypeError, ValueError) as error:
+            raise type(error)(str(error).replace("`baselines", "`baseline")) from None
+
+    def outputs(self, model: nn.Module, inputs: ModelInputs, batch: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The explained outputs ``(B,)``/``(B, C)`` on CPU (no gradients, eval mode) and, with a layer, its
+        floating tensors on the first chunk (to check their shapes)."""
+        template = inputs.map(lambda t: on_model(model, t))
+        forward = self.forward(model, template)
+        attributed, others = self.split(template)
+        tensors, n = attributed + others, len(inputs)
+        outs, layer_values = [], []
+        with torch.no_grad(), eval_mode(model):
+            for k in range(0, n, batch):
+                chunk = [t[k:k + batch] for t in tensors]
+                if self.layer is not None and k == 0:
+                    with tap_layers([self.layer]) as tap:
+                        out = tap.run(forward, tuple(chunk))
+                    layer_values = list(tap.values)
+                else:
+                    out = forward(*chunk)
+                outs.append(model_output(out).detach().float().cpu())
+        return torch.cat(outs), layer_values
+
+    def attribute(self, trainer: Any, model: nn.Module, inputs: ModelInputs, targets: torch.Tensor | None,
+                  **engine_kwargs: Any) -> IGResult:
+        """IG on this process's shard of the probe, gathered from every process in probe order, on CPU.
+
+        The attributions are a Tensor for one attributed input, a tuple for several.
+
+        Every process computes the same number of examples (repeating its last one as padding), so that
+        ``all_gather`` sees equal shapes and every process runs the same forward passes; the padding is
+        dropped after the gather.
+        """
+        world, rank = trainer.world_size, trainer.global_rank
+        n = len(inputs)
+        per_rank = math.ceil(n / world)
+        idx = torch.arange(rank * per_rank, (rank + 1) * per_rank).clamp_max(n - 1)
+        shard = inputs.map(lambda t: on_model(model, t[idx]))
+        attributed, others = self.split(shard)
+        device = attributed[0].device
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NonFiniteAttributionWarning)  # the monitor reports it as a breach
+            result = integrated_gradients(
+                self.forward(model, shard), attributed if len(attributed) > 1 else attributed[0],
+                additional_forward_args=others,
+                target=None if targets is None else targets[idx].to(device),
+                baselines=self.baselines_for(device), layer=self.layer, **engine_kwargs,
+            )
+        if world > 1:
+            gather = lambda t: _gather(trainer, t, n)  # noqa: E731
+            attributions = result.attributions
+            attributions = tuple(map(gather, attributions)) if isinstance(attributions, tuple) else gather(attributions)
+            result = IGResult(attributions, gather(result.delta),
+                              gather(result.completeness_error), gather(result.n_steps), gather(result.n_evaluations),
+                              gather(result.attribution_error))
+        return result.to("cpu")
+
+    def scores(self, result: IGResult, inputs: ModelInputs) -> list[torch.Tensor]:
+        """One score per input feature for each attributed tensor (float32, CPU); at a layer whose output has one
+        more dimension than the input (an embedding), the attribution is summed over that dimension."""
+        out = []
+        attributions = result.attributions if isinstance(result.attributions, tuple) else (result.attributions,)
+        for i, a in enumerate(attributions):
+            primary = inputs[self.names[0]] if i == 0 else None
+            if self.layer is not None and primary is not None and a.ndim == primary.ndim + 1:
+                a = a.sum(-1)
+            out.append(a.float())
+        return out
+
+
+def _gather(trainer: Any, t: torch.Tensor, n: int) -> torch.Tensor:
+    gathered = trainer.strategy.all_gather(t)  # (world, per_rank, ...), ranks in order
+    return gathered.reshape(-1, *t.shape[1:])[:n]
+
+
+def resolve_targets(target: Any, outputs: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
+    """The output explained per probe example, from the model's outputs on the probe ``(B,)``/``(B, C)``.
+
+    ``None`` when the model has one output per example. Raises naming ``target`` when it cannot be used.
+    """
+    n = outputs.shape[0]
+    if outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] == 1):
+        return None  # one output per example: nothing to choose
+    if outputs.ndim != 2:
+        raise ValueError(f"the model's outputs must be (B,) or (B, C) to be explained, got {tuple(outputs.shape)}: "
+                         "select one score per class with `output_transform`")
+    n_classes = outputs.shape[1]
+    if target == "auto":
+        target = "label" if labels is not None and not labels.dtype.is_floating_point and labels.ndim == 1 \
+            else "prediction"
+    if target == "label":
+        if labels is None or labels.dtype.is_floating_point or labels.shape != (n,):
+            raise ValueError(
+                "`target`='label' needs integer class labels of shape (B,) in the probe; got "
+                f"{None if labels is None else (labels.dtype, tuple(labels.shape))}: use target='prediction' "
+                "or pass `unpack=`"
+            )
+        chosen = labels.long()
+    elif target == "prediction":
+        chosen = outputs.argmax(-1)
+    elif callable(target):
+        chosen = check_target(target(outputs, labels), n)
+    else:
+        chosen = check_target(target, n)
+    bad = (chosen < 0) | (chosen >= n_classes)
+    if bool(bad.any()):
+        source = "labels" if target == "label" else "`target`"
+        raise ValueError(f"{source} must be class indices in [0, {n_classes - 1}] for a model with {n_classes} "
+                         f"outputs, got {chosen[bad].unique()[:5].tolist()}")
+    return chosen

@@ -1,0 +1,74 @@
+"""Rank-zero output of a check: pictures, histograms, rules text and the rules file.
+
+Nothing here may end a run: a failure to write (a read-only or full disk, a removed directory, a
+logger error) is reported once per kind of failure as a warning, and training goes on. Scalars are
+not written here: they go through ``LightningModule.log`` so that every logger and callback sees them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+from lightning.pytorch.utilities import rank_zero_warn
+
+from ig_lightning.views import CheckRecord, View, log_common
+
+
+def logger_step(trainer: Any) -> int:
+    """The step Lightning gives the scalars logged at the end of a validation epoch, so every item of a check
+    shares it in TensorBoard."""
+    loop = getattr(trainer, "fit_loop", None)
+    step = getattr(getattr(loop, "epoch_loop", None), "_batches_that_stepped", None)
+    return int(step) if isinstance(step, int) else int(trainer.global_step)
+
+
+class Reporter:
+    """Writes a :class:`CheckRecord` to TensorBoard and ``ig_rules.jsonl`` (call it on rank zero only).
+
+    Args:
+        tensorboard: The trainer's ``TensorBoardLogger``, or ``None`` (only the rules file is skipped too).
+        log_images: Draw pictures and histograms.
+        make_view: Builds the view for the first record (its kind is known then).
+    """
+
+    def __init__(self, tensorboard: Any, log_images: bool, make_view: Callable[[CheckRecord], View]) -> None:
+        self.tensorboard, self.log_images, self.make_view = tensorboard, log_images, make_view
+        self.view: View | None = None
+        self.failed: set[str] = set()
+
+    def write(self, record: CheckRecord) -> None:
+        if self.tensorboard is None:
+            return
+        self._safely("the rules file", self._write_rules_file, record)
+        if self.log_images:
+            self._safely("TensorBoard pictures", self._draw, record)
+
+    def _draw(self, record: CheckRecord) -> None:
+        writer = self.tensorboard.experiment
+        log_common(writer, record)
+        if self.view is None:
+            self.view = self.make_view(record)
+        self.view.log(writer, record)
+        writer.flush()
+
+    def _write_rules_file(self, record: CheckRecord) -> None:
+        """Rules as data a program can read back: one JSON line per check in the logger's directory."""
+        if not record.rules:
+            return
+        os.makedirs(self.tensorboard.log_dir, exist_ok=True)
+        line = {"epoch": record.epoch, "step": record.step,
+                "rules": {str(c): v for c, v in record.rules.items()},
+                "changes": {str(c): v for c, v in (record.changes or {}).items()}}
+        with open(os.path.join(self.tensorboard.log_dir, "ig_rules.jsonl"), "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def _safely(self, what: str, write: Callable[[CheckRecord], None], record: CheckRecord) -> None:
+        try:
+            write(record)
+        except Exception as error:  # noqa: BLE001  the monitor's own output must never end a run
+            if what not in self.failed:
+                self.failed.add(what)
+                rank_zero_warn(f"IntegratedGradientsMonitor: could not write {what} ({type(error).__name__}: "
+                               f"{error}); training goes on, further failures of this kind are not reported")
