@@ -7,6 +7,12 @@ colour, so zero is always neutral and the sign is read from the hue. Callers pas
 scale (per example or per chart) so pictures from different epochs can be compared: a
 brighter colour means a larger attribution, never a re-normalised one.
 
+Nothing here raises on NaN or infinite values (a diverged model must not crash the run):
+non-finite attributions and input pixels are drawn in :data:`NONFINITE_RGB` (mid-grey, a
+colour no diverging colormap uses for a value), finite values of the same example are drawn
+normally, and a scale that is not finite or not positive falls back to the example's largest
+finite ``|attribution|`` (or 1 when there is none).
+
 Heatmaps are a plain table lookup (no matplotlib); matplotlib is only used, through
 ``Figure`` and the Agg canvas and without touching global state, where text is drawn.
 
@@ -40,6 +46,9 @@ _MARGIN = 6.0
 _MAX_TOKEN_CHARS = 16
 _STRIP_DPI = 100
 
+NONFINITE_RGB = (128, 128, 128)
+"""Mid-grey: the colour of NaN / infinite attributions (and NaN / infinite input pixels)."""
+
 
 # --------------------------------------------------------------------------- validation
 
@@ -56,15 +65,26 @@ def _check_cmap(cmap: object) -> str:
     return cmap
 
 
-def _check_scales(scales: object, n: int) -> torch.Tensor:
+def _check_scales(scales: object, values: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` usable scales for ``values`` shaped ``(N, ...)``.
+
+    A scale that is not finite or not positive becomes the example's largest finite
+    ``|value|``, or 1 when that is 0 or the example has no finite value.
+    """
+    n = values.shape[0]
     if isinstance(scales, (int, float)) and not isinstance(scales, bool):
-        return _safe_scale(torch.full((n,), float(scales)))
-    s = _check_tensor(scales, "scales").reshape(-1)
-    if s.numel() != n:
-        raise ValueError(
-            f"`scales` must hold one value per example ({n}), got shape {tuple(scales.shape)}"
-        )
-    return _safe_scale(s)
+        s = torch.full((n,), float(scales))
+    else:
+        s = _check_tensor(scales, "scales").reshape(-1)
+        if s.numel() != n:
+            raise ValueError(
+                f"`scales` must hold one value per example ({n}), got shape {tuple(scales.shape)}"
+            )
+    flat = values.reshape(n, -1)
+    largest = torch.where(torch.isfinite(flat), flat.abs(), 0.0).amax(1) if flat.shape[1] else torch.zeros(n)
+    fallback = torch.where(largest > 0, largest, torch.ones_like(largest))
+    bad = ~torch.isfinite(s) | (s <= 0)
+    return torch.where(bad, fallback, s)
 
 
 def _check_tokens(tokens: object, scores: torch.Tensor) -> list[list[str]]:
@@ -88,6 +108,12 @@ def _safe_scale(scale: torch.Tensor) -> torch.Tensor:
     """Replace scales that are <= 0 or not finite by 1, so dividing by them is safe."""
     bad = ~torch.isfinite(scale) | (scale <= 0)
     return torch.where(bad, torch.ones_like(scale), scale)
+
+
+def _paint_nonfinite(rgb: torch.Tensor, nonfinite: torch.Tensor) -> torch.Tensor:
+    """``rgb`` (``(..., 3)``, any dtype) with :data:`NONFINITE_RGB` where ``nonfinite`` is True."""
+    grey = torch.tensor(NONFINITE_RGB, dtype=rgb.dtype)
+    return torch.where(nonfinite.unsqueeze(-1), grey, rgb)
 
 
 # --------------------------------------------------------------------------- colour
@@ -132,7 +158,7 @@ def colorize_signed(
     """Colour signed values: ``values / scale`` clipped to [-1, 1] indexes the table.
 
     Args:
-        values: Any shape; NaN is drawn as zero.
+        values: Any shape; NaN and +-inf are drawn in :data:`NONFINITE_RGB` (mid-grey).
         scale: A float or a tensor broadcastable to ``values`` (e.g. ``(N, 1, 1)`` for one
             scale per example). Scales <= 0 or not finite count as 1.
         lut: ``(n, 3)`` uint8 table; default ``diverging_lut("RdBu_r")``.
@@ -150,7 +176,9 @@ def colorize_signed(
         >>> bool((colorize_signed(torch.tensor([-5.0, 0.0, 5.0]), 1.0, lut) == lut).all())
         True
     """
-    v = torch.nan_to_num(_check_tensor(values, "values"), nan=0.0)
+    raw = _check_tensor(values, "values")
+    nonfinite = ~torch.isfinite(raw)
+    v = torch.where(nonfinite, 0.0, raw)
     table = _cached_lut("RdBu_r", 257) if lut is None else _check_lut(lut)
     s = _safe_scale(torch.as_tensor(scale).detach().cpu().float())
     if not _broadcasts_to(s, v):
@@ -159,7 +187,7 @@ def colorize_signed(
         )
     unit = (v / s).clamp(-1.0, 1.0)
     index = torch.round((unit + 1.0) * 0.5 * (table.shape[0] - 1)).long()
-    return table[index]
+    return _paint_nonfinite(table[index], nonfinite)
 
 
 def _check_lut(lut: object) -> torch.Tensor:
@@ -193,11 +221,18 @@ def _as_nchw(x: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def _minmax(x: torch.Tensor) -> torch.Tensor:
-    """Normalise each example of ``(N, C, H, W)`` to [0, 1]; constant examples become 0."""
-    flat = torch.nan_to_num(x).flatten(1)
-    low = flat.min(dim=1).values.view(-1, 1, 1, 1)
-    span = (flat.max(dim=1).values.view(-1, 1, 1, 1) - low).clamp_min(1e-12)
-    return (torch.nan_to_num(x) - low) / span
+    """Normalise each example of ``(N, C, H, W)`` over its finite values to [0, 1].
+
+    Constant examples become 0; non-finite values become 0 (callers paint them separately).
+    """
+    finite = torch.isfinite(x)
+    flat, flat_finite = x.flatten(1), finite.flatten(1)
+    low = torch.where(flat_finite, flat, math.inf).amin(dim=1)
+    high = torch.where(flat_finite, flat, -math.inf).amax(dim=1)
+    has_finite = flat_finite.any(dim=1)
+    low = torch.where(has_finite, low, 0.0).view(-1, 1, 1, 1)
+    span = torch.where(has_finite, high - low.view(-1), 1.0).clamp_min(1e-12).view(-1, 1, 1, 1)
+    return torch.where(finite, (x - low) / span, 0.0).clamp(0.0, 1.0)
 
 
 def _grey(x01: torch.Tensor) -> torch.Tensor:
@@ -240,10 +275,17 @@ def image_grid(
     Small images are enlarged by an integer nearest-neighbour factor so each panel is at
     least ``min_size`` pixels on its short side.
 
+    Non-finite values never raise: a pixel whose attribution (any channel) is NaN or
+    infinite is :data:`NONFINITE_RGB` (mid-grey) in the heatmap and the overlay; an input
+    pixel with a non-finite channel is mid-grey in the input panel and under the overlay,
+    and inputs are normalised over their finite values only. A scale that is not finite or
+    not positive falls back to the example's largest finite ``|attribution|`` (or 1).
+
     Args:
         inputs: ``(N, C, H, W)`` with C in {1, 3}, or ``(N, H, W)``.
         attributions: Same shape as ``inputs``.
         scales: ``N`` positive scales (any shape with N elements, or one float for all).
+            Bad ones (0, negative, NaN, inf) fall back as described above.
         min_size: Smallest panel side in pixels after upscaling.
         pad: White pixels between (and around) panels.
         cmap: Diverging matplotlib colormap name.
@@ -271,18 +313,20 @@ def image_grid(
         raise ValueError(
             f"`attributions` must match inputs {tuple(x.shape)}, got {tuple(attributions.shape)}"
         )
-    s = _check_scales(scales, x.shape[0]).view(-1, 1, 1)
+    signed = a.sum(dim=1)  # (N, H, W); NaN/inf if any channel is
+    s = _check_scales(scales, signed).view(-1, 1, 1)
     min_size = check_int(min_size, "min_size", minimum=1)
     pad = check_int(pad, "pad", minimum=0)
     lut = _cached_lut(_check_cmap(cmap), 257)
 
-    signed = torch.nan_to_num(a.sum(dim=1))  # (N, H, W)
-    heat = colorize_signed(signed, s, lut).float()  # (N, H, W, 3)
+    bad_attribution = ~torch.isfinite(signed)
+    bad_input = ~torch.isfinite(x).all(dim=1)
+    heat = colorize_signed(signed, s, lut).float()  # (N, H, W, 3), mid-grey where not finite
     x01 = _minmax(x)
-    shown = x01.permute(0, 2, 3, 1).expand(-1, -1, -1, 3) * 255.0
-    grey = (_grey(x01) * 255.0).unsqueeze(-1)
-    weight = (signed.abs() / s).clamp(0.0, 1.0).unsqueeze(-1)
-    overlay = (1.0 - weight) * grey + weight * heat
+    shown = _paint_nonfinite(x01.permute(0, 2, 3, 1).expand(-1, -1, -1, 3) * 255.0, bad_input)
+    grey = _paint_nonfinite((_grey(x01) * 255.0).unsqueeze(-1).expand(-1, -1, -1, 3), bad_input)
+    weight = (torch.where(bad_attribution, 0.0, signed).abs() / s).clamp(0.0, 1.0).unsqueeze(-1)
+    overlay = _paint_nonfinite((1.0 - weight) * grey + weight * heat, bad_attribution)
 
     panels = torch.stack([shown, heat, overlay], dim=1).round().clamp(0, 255).to(torch.uint8)
     factor = max(1, math.ceil(min_size / min(x.shape[2], x.shape[3])))
@@ -329,6 +373,10 @@ def token_strip(
 ) -> torch.Tensor:
     """Draw each example as one line of tokens on backgrounds coloured by their scores.
 
+    A token whose score is NaN or infinite is drawn on a :data:`NONFINITE_RGB` (mid-grey)
+    box; a scale that is not finite or not positive falls back to the example's largest
+    finite ``|score|`` over its tokens (or 1).
+
     Args:
         tokens: N token lists (lengths may differ); tokens longer than 16 characters are cut.
         scores: ``(N, T)`` signed scores, padded; only the first ``len(tokens[i])`` are used.
@@ -353,7 +401,8 @@ def token_strip(
     """
     s = _check_tensor(scores, "scores")
     rows = _check_tokens(tokens, s)
-    scale = _check_scales(scales, len(rows)).view(-1, 1)
+    used = torch.arange(s.shape[1]) < torch.tensor([len(row) for row in rows]).view(-1, 1)
+    scale = _check_scales(scales, torch.where(used, s, 0.0)).view(-1, 1)
     max_tokens = check_int(max_tokens, "max_tokens", minimum=1)
     colours = colorize_signed(s, scale, _cached_lut(_check_cmap(cmap), 257))  # (N, T, 3)
     lines = _strip_lines(rows, max_tokens)
@@ -393,6 +442,8 @@ def token_table(
 ) -> str:
     """A Markdown table with one row per example: each token followed by its score.
 
+    Non-finite scores are written ``nan``, ``+inf`` or ``-inf``.
+
     Args:
         tokens: N token lists (lengths may differ).
         scores: ``(N, T)`` scores, padded; only the first ``len(tokens[i])`` are used.
@@ -419,9 +470,14 @@ def token_table(
     lines = [f"### {_escape_md(title)}", ""] if title else []
     lines += ["| # | tokens (score) |", "|---|---|"]
     for i, row in enumerate(rows):
-        cells = " ".join(f"{_escape_md(t)} ({float(s[i, j]):+.{precision}f})" for j, t in enumerate(row))
+        cells = " ".join(f"{_escape_md(t)} ({_format_score(float(s[i, j]), precision)})" for j, t in enumerate(row))
         lines.append(f"| {i} | {cells} |")
     return "\n".join(lines)
+
+
+def _format_score(value: float, precision: int) -> str:
+    """``+0.500``-style signed text; NaN is ``nan`` (never ``+nan``), infinities ``+inf``/``-inf``."""
+    return "nan" if math.isnan(value) else f"{value:+.{precision}f}"
 
 
 def bar_chart(
@@ -438,6 +494,11 @@ def bar_chart(
     Bars are sorted by ``|value|`` (largest on top) and coloured from the diverging table.
     With ``scale`` the x range is fixed to ``[-scale, scale]`` and colours use that scale,
     so charts from different epochs are comparable; without it both follow the data.
+
+    Non-finite values never raise: they rank above every finite one and are drawn as
+    :data:`NONFINITE_RGB` (mid-grey) bars, ``+inf`` from 0 to the right edge, ``-inf`` from
+    0 to the left edge, NaN across the whole range (the edge being ``scale``, or the largest
+    finite ``|value|``, or 1), and their label ends with ``= nan`` / ``= +inf`` / ``= -inf``.
 
     Args:
         values: 1-D tensor of signed attributions (one example or a mean).
@@ -460,7 +521,7 @@ def bar_chart(
         >>> tuple(bar_chart(torch.tensor([0.5, -1.0, 0.1]), ["a", "b", "c"], scale=1.0).shape)
         (3, 320, 480)
     """
-    v = torch.nan_to_num(_check_tensor(values, "values"))
+    v = _check_tensor(values, "values")
     if v.ndim != 1 or v.numel() == 0:
         raise ValueError(f"`values` must be a non-empty 1-D tensor, got shape {tuple(v.shape)}")
     labels = _bar_names(names, v.numel())
@@ -468,16 +529,23 @@ def bar_chart(
     limit = _check_bar_scale(scale)
     lut = _cached_lut(_check_cmap(cmap), 257)
 
-    order = torch.argsort(v.abs(), descending=True, stable=True)[:max_bars].flip(0)
-    shown = v[order]
-    colour_scale = limit if limit is not None else float(shown.abs().max())
-    colours = (colorize_signed(shown, colour_scale, lut).float() / 255.0).numpy()
+    finite = torch.isfinite(v)
+    rank = torch.where(finite, v.abs(), math.inf)  # non-finite values first
+    order = torch.argsort(rank, descending=True, stable=True)[:max_bars].flip(0)
+    shown, shown_finite = v[order], finite[order]
+    largest = float(torch.where(finite, v.abs(), 0.0).max())
+    edge = limit if limit is not None else (largest if largest > 0 else 1.0)
+    colours = (colorize_signed(shown, edge, lut).float() / 255.0).numpy()
+    # Non-finite bars span [0, edge] (+inf), [-edge, 0] (-inf) or [-edge, edge] (NaN).
+    left = torch.where(shown_finite, 0.0, torch.where(shown == math.inf, 0.0, -edge))
+    right = torch.where(shown_finite, shown, torch.where(shown == -math.inf, 0.0, edge))
+    ticks = [_short(labels[i], 24) + _nonfinite_suffix(float(v[i])) for i in order.tolist()]
 
     fig = Figure(figsize=(6, 4), dpi=80, facecolor="white")
     ax = fig.add_subplot()
     y = np.arange(len(order))
-    ax.barh(y, shown.numpy(), color=colours, edgecolor="0.3", linewidth=0.5)
-    ax.set_yticks(y, [_short(labels[i], 24) for i in order.tolist()], fontsize=8, parse_math=False)
+    ax.barh(y, (right - left).numpy(), left=left.numpy(), color=colours, edgecolor="0.3", linewidth=0.5)
+    ax.set_yticks(y, ticks, fontsize=8, parse_math=False)
     ax.axvline(0.0, color="black", linewidth=0.8)
     ax.tick_params(axis="x", labelsize=8)
     if limit is not None:
@@ -486,6 +554,10 @@ def bar_chart(
         ax.set_title(title, fontsize=10, parse_math=False)
     fig.tight_layout()
     return _figure_to_chw(fig)
+
+
+def _nonfinite_suffix(value: float) -> str:
+    return "" if math.isfinite(value) else f" = {_format_score(value, 0)}"
 
 
 def _bar_names(names: Sequence[str] | None, n: int) -> list[str]:

@@ -6,6 +6,10 @@ integer *keys* (token ids, so a word pools over positions; feature indices for t
 pixel indices for images). Summing each key's attribution over the examples of a class and
 keeping the largest gives the class's rules; comparing two checks shows rules appearing or fading.
 
+Examples whose attribution is NaN or infinite (a diverged model) are left out of every sum and
+mean here, so no NaN score is ever returned and nothing raises; a class with no finite example
+has no entry.
+
 Example::
 
     >>> import torch
@@ -17,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -83,6 +88,9 @@ def class_top_features(
     the pooled score, largest first (evidence for the class), ties broken by smaller key.
     Negative scores only appear when a class has fewer than ``k`` keys with larger ones.
 
+    An example with a NaN or infinite score at an unmasked position is left out entirely
+    (scores at masked positions are ignored, finite or not), so returned scores are finite.
+
     Args:
         keys: ``(N, T)`` integer ids of the features at each position.
         scores: ``(N, T)`` floating attribution of each position (e.g. summed over embedding dims).
@@ -93,7 +101,8 @@ def class_top_features(
 
     Returns:
         ``{class: [(key, score), ...]}`` with python ints and floats, one entry per class
-        present in ``targets`` (an empty list when all its positions are masked).
+        with at least one finite example (an empty list when all its positions are masked);
+        a class whose examples are all non-finite has no entry.
 
     Raises:
         TypeError: a tensor of the wrong kind or dtype, ``k`` not an int.
@@ -111,6 +120,8 @@ def class_top_features(
     if reduce not in REDUCTIONS:
         raise ValueError(f"`reduce` must be one of {REDUCTIONS}, got {reduce!r}")
 
+    finite = (torch.isfinite(score) | ~m).all(1)  # unmasked scores all finite
+    m = m & finite.unsqueeze(1)
     classes, kept = target.unsqueeze(1).expand_as(key)[m], key[m]
     # One integer per (class, key) pair: a flat unique is much cheaper than a row-wise one.
     low = int(kept.min()) if kept.numel() else 0
@@ -121,7 +132,7 @@ def class_top_features(
     totals.index_add_(0, inverse, score[m].double())
     if reduce == "mean":
         totals = totals / torch.bincount(inverse, minlength=pairs.shape[0]).double()
-    return {c: _top_of_class(pairs, totals, c, k) for c in torch.unique(target).tolist()}
+    return {c: _top_of_class(pairs, totals, c, k) for c in torch.unique(target[finite]).tolist()}
 
 
 def _top_of_class(pairs: torch.Tensor, totals: torch.Tensor, c: int, k: int) -> list[tuple[int, float]]:
@@ -145,7 +156,8 @@ def rule_changes(
     Returns:
         ``{class: {"entered": [...], "left": [...]}}`` for each class in ``current``;
         entered keys in ``current``'s order, left keys in ``previous``'s order. A class
-        not in ``previous`` has every key entered and none left.
+        not in ``previous`` has every key entered and none left; a class only in ``previous``
+        (e.g. all its examples diverged to NaN this check) has no entry.
 
     Raises:
         TypeError: ``previous`` or ``current`` is not a dict.
@@ -173,7 +185,10 @@ def rule_changes(
 
 
 def class_mean_maps(attributions: torch.Tensor, targets: torch.Tensor) -> dict[int, torch.Tensor]:
-    """The mean attribution of each class present in ``targets``.
+    """The mean attribution of each class present in ``targets``, over its finite examples.
+
+    An example with any NaN or infinite attribution is left out of its class's mean; a class
+    with no finite example has no entry (its mean is never NaN).
 
     Args:
         attributions: ``(N, ...)`` floating attributions.
@@ -181,7 +196,7 @@ def class_mean_maps(attributions: torch.Tensor, targets: torch.Tensor) -> dict[i
 
     Returns:
         ``{class: mean}`` with each mean shaped ``attributions.shape[1:]``, in the
-        attributions' dtype and on their device.
+        attributions' dtype and on their device, for each class with a finite example.
 
     Raises:
         TypeError: not tensors, ``attributions`` not floating, ``targets`` not integer.
@@ -193,6 +208,9 @@ def class_mean_maps(attributions: torch.Tensor, targets: torch.Tensor) -> dict[i
         >>> means = class_mean_maps(attributions, torch.tensor([0, 0, 1]))
         >>> {c: m.tolist() for c, m in means.items()}
         {0: [2.0, 3.0], 1: [5.0, 6.0]}
+        >>> attributions[2, 0] = float("nan")  # class 1's only example diverged
+        >>> {c: m.tolist() for c, m in class_mean_maps(attributions, torch.tensor([0, 0, 1])).items()}
+        {0: [2.0, 3.0]}
     """
     a = _check_tensor(attributions, "attributions")
     if not a.dtype.is_floating_point:
@@ -200,6 +218,8 @@ def class_mean_maps(attributions: torch.Tensor, targets: torch.Tensor) -> dict[i
     if a.ndim < 1:
         raise ValueError(f"`attributions` must be shaped (N, ...), got shape {tuple(a.shape)}")
     target = _check_targets(targets, a.shape[0]).to(a.device)
+    finite = torch.isfinite(a.reshape(a.shape[0], -1)).all(1)
+    a, target = a[finite], target[finite]
     classes, inverse = torch.unique(target, return_inverse=True)
     sums = torch.zeros((classes.shape[0], *a.shape[1:]), dtype=a.dtype, device=a.device)
     sums.index_add_(0, inverse, a)
@@ -225,6 +245,11 @@ def _namer(names: Callable[[int], str] | Sequence[str] | None, name: str) -> Cal
     return lambda i: str(names[i]) if 0 <= i < len(names) else str(i)
 
 
+def _format_score(score: float, precision: int) -> str:
+    score = float(score)
+    return "nan" if math.isnan(score) else f"{score:+.{precision}f}"
+
+
 def rules_markdown(
     rules: dict[int, list[tuple[int, float]]],
     changes: dict[int, dict[str, list[int]]] | None = None,
@@ -234,6 +259,8 @@ def rules_markdown(
     precision: int = 3,
 ) -> str:
     """A Markdown table of each class's top features (and what changed) for TensorBoard.
+
+    A non-finite score (only possible in hand-made ``rules``) is written ``nan``/``+inf``/``-inf``.
 
     Args:
         rules: Output of :func:`class_top_features`.
@@ -267,7 +294,7 @@ def rules_markdown(
         return ", ".join(_escape_md(key_name(key)) for key in keys) or "-"
 
     def scored(top: list[tuple[int, float]]) -> str:
-        cells = [f"{_escape_md(key_name(key))} ({score:+.{precision}f})" for key, score in top]
+        cells = [f"{_escape_md(key_name(key))} ({_format_score(score, precision)})" for key, score in top]
         return ", ".join(cells) or "-"
 
     header = ["| class | top features |", "|---|---|"]

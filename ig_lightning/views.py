@@ -3,11 +3,16 @@
 A view turns a :class:`CheckRecord` (CPU tensors of one check) into images, text and histograms
 through a ``SummaryWriter``. Pixels come from :mod:`ig_lightning.render`, rules from
 :mod:`ig_lightning.rules`; the callback decides what to compute, the views only draw it.
+
+Drawing never breaks a run whose model diverged: NaN or infinite scores, scales, inputs and
+completeness errors are drawn (in :data:`ig_lightning.render.NONFINITE_RGB`, mid-grey) or
+left out, as each function's docstring says, never raised on.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
@@ -20,7 +25,15 @@ from ig_lightning.rules import class_mean_maps, rules_markdown
 
 VIEW_KINDS = ("auto", "image", "text", "tabular")
 
-Names = Sequence[str] | Callable[[int], str] | None
+
+class TokenizerLike(Protocol):
+    """Anything that names token ids the way Hugging Face tokenizers do."""
+
+    def convert_ids_to_tokens(self, ids: int) -> str | None: ...
+
+
+Names = Sequence[str] | Callable[[int], str] | TokenizerLike | None
+"""A list indexed by id, a callable ``id -> str``, or a tokenizer with ``convert_ids_to_tokens``."""
 
 
 @dataclass
@@ -37,6 +50,8 @@ class CheckRecord:
         relative_error: ``|completeness error| / |delta|`` per example.
         rules: Per class, the top ``(key, score)`` features; keys are token ids or flat feature indices.
         changes: Per class, the keys that ``entered``/``left`` the top-k since the previous check.
+        mask: Optional bool, same shape as ``inputs``, True for a real token and False for padding;
+            :class:`TextView` neither draws nor lists masked-out positions. ``None``: all are real.
     """
 
     step: int
@@ -48,6 +63,7 @@ class CheckRecord:
     relative_error: torch.Tensor
     rules: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
     changes: dict[int, dict[str, list[int]]] | None = None
+    mask: torch.Tensor | None = None
 
 
 class View(Protocol):
@@ -56,12 +72,41 @@ class View(Protocol):
     def log(self, writer: Any, record: CheckRecord) -> None: ...
 
 
-def _name_fn(names: Names, default: Callable[[int], str]) -> Callable[[int], str]:
+def _name_fn(names: Names, default: Callable[[int], str], name: str = "names") -> Callable[[int], str]:
+    """A function from id to display name; ids a list does not cover fall back to ``default``.
+
+    ``names`` may be None (``default``), a tokenizer-like object with ``convert_ids_to_tokens``
+    (Hugging Face; checked first, since tokenizers are also callable), a callable ``id -> str``,
+    or a sequence indexed by id.
+
+    Raises:
+        TypeError: ``names`` is none of these (the message names the argument ``name``).
+
+    Example::
+
+        >>> class Tokenizer:
+        ...     def convert_ids_to_tokens(self, i): return ["[PAD]", "hi"][i]
+        ...     def __call__(self, text): raise AssertionError("encodes text, never names ids")
+        >>> [_name_fn(Tokenizer(), str)(i) for i in (0, 1)], _name_fn(["a"], str)(5)
+        (['[PAD]', 'hi'], '5')
+    """
     if names is None:
         return default
+    convert = getattr(names, "convert_ids_to_tokens", None)
+    if callable(convert):
+        def token(i: int) -> str:
+            result = convert(int(i))
+            return default(i) if result is None else str(result)
+
+        return token
     if callable(names):
-        return names
-    return lambda i: names[i] if 0 <= i < len(names) else default(i)
+        return lambda i: str(names(i))
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise TypeError(
+            f"`{name}` must be a sequence of str, a callable id -> str, an object with "
+            f"`convert_ids_to_tokens` or None, got {type(names).__name__}"
+        )
+    return lambda i: str(names[i]) if 0 <= i < len(names) else default(i)
 
 
 def add_png(writer: Any, tag: str, image: torch.Tensor, step: int) -> None:
@@ -83,13 +128,41 @@ def add_png(writer: Any, tag: str, image: torch.Tensor, step: int) -> None:
 
 
 def log_common(writer: Any, record: CheckRecord) -> None:
-    """Histograms every view shares: attributions and per-example completeness error."""
-    writer.add_histogram("ig/histograms/attributions", record.scores.float(), record.step)
-    writer.add_histogram("ig/histograms/completeness_error", record.relative_error.float(), record.step)
+    """Histograms every view shares: attributions and per-example completeness error.
+
+    Only finite values are logged (TensorBoard's ``add_histogram`` raises on NaN and on an empty
+    tensor); a histogram with no finite value at all is skipped for this step.
+    """
+    _add_finite_histogram(writer, "ig/histograms/attributions", record.scores, record.step)
+    _add_finite_histogram(writer, "ig/histograms/completeness_error", record.relative_error, record.step)
+
+
+def _add_finite_histogram(writer: Any, tag: str, values: torch.Tensor, step: int) -> None:
+    values = values.detach().float().reshape(-1)
+    finite = values[torch.isfinite(values)]
+    if finite.numel():
+        writer.add_histogram(tag, finite, step)
+
+
+def _finite_examples(scores: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` bool: True for examples whose scores are all finite."""
+    return torch.isfinite(scores.reshape(scores.shape[0], -1)).all(1)
+
+
+def _mean_scale(scales: torch.Tensor) -> float:
+    """Mean of the finite positive scales; NaN when there is none (the renderers then fall back)."""
+    good = scales[torch.isfinite(scales) & (scales > 0)]
+    return float(good.mean()) if good.numel() else math.nan
 
 
 class ImageView:
-    """Input, signed heatmap and overlay per probe example, and class-mean maps, as grid images."""
+    """Input, signed heatmap and overlay per probe example, and class-mean maps, as grid images.
+
+    Non-finite attributions and input pixels are drawn mid-grey (see :func:`render.image_grid`).
+    Class-mean maps average only the class's examples whose attributions are all finite; a class
+    with no such example is drawn entirely mid-grey. Their input is the per-pixel mean of the
+    class's finite input values, and their scale the mean of the class's finite positive scales.
+    """
 
     def __init__(self, class_names: Sequence[str] | None = None, max_examples: int = 8, cmap: str = "RdBu_r",
                  min_size: int = 64) -> None:
@@ -103,11 +176,12 @@ class ImageView:
         if record.targets is None:
             return
         maps = class_mean_maps(record.scores, record.targets)
-        classes = sorted(maps)
-        mean_inputs = torch.stack([record.inputs[record.targets == c].float().mean(0) for c in classes])
-        scales = torch.stack([record.scales[record.targets == c].mean() for c in classes])
-        grid = render.image_grid(mean_inputs, torch.stack([maps[c] for c in classes]), scales, cmap=self.cmap,
-                                 min_size=self.min_size)
+        classes = torch.unique(record.targets).tolist()
+        diverged = torch.full(record.scores.shape[1:], math.nan)
+        mean_maps = torch.stack([maps[c].float() if c in maps else diverged for c in classes])
+        mean_inputs = torch.stack([_finite_mean(record.inputs[record.targets == c]) for c in classes])
+        scales = torch.tensor([_mean_scale(record.scales[record.targets == c]) for c in classes])
+        grid = render.image_grid(mean_inputs, mean_maps, scales, cmap=self.cmap, min_size=self.min_size)
         add_png(writer, "ig/class_mean_maps", grid, record.step)
         if record.rules:
             names = _name_fn(self.class_names, str)
@@ -115,6 +189,13 @@ class ImageView:
             table = rules_markdown(record.rules, record.changes, key_names=pixel_namer(record.scores.shape[1:]),
                                    class_names=self.class_names)
             writer.add_text("ig/rules", caption + table, record.step)
+
+
+def _finite_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over dim 0 of the finite values only; NaN where there is none."""
+    x = x.float()
+    finite = torch.isfinite(x)
+    return torch.where(finite, x, 0.0).sum(0) / finite.sum(0)
 
 
 def pixel_namer(shape: Sequence[int]) -> Callable[[int], str]:
@@ -133,20 +214,40 @@ def pixel_namer(shape: Sequence[int]) -> Callable[[int], str]:
 
 
 class TextView:
-    """Tokens coloured by attribution (an image and a table) and the tokens that carry each class."""
+    """Tokens coloured by attribution (an image and a table) and the tokens that carry each class.
+
+    Args:
+        vocabulary: Token names: a list indexed by id, a callable ``id -> str``, or a tokenizer with
+            ``convert_ids_to_tokens`` (e.g. Hugging Face). Default ``str(id)``.
+        class_names: Names of the classes, indexed by class.
+        max_examples: Examples drawn per check.
+        cmap: Diverging matplotlib colormap name.
+
+    Positions masked out by ``CheckRecord.mask`` (padding) are neither drawn nor listed; tokens with
+    a non-finite score are drawn on a mid-grey box and listed as ``nan``/``+inf``/``-inf``.
+
+    Raises:
+        TypeError: ``vocabulary`` is of none of the accepted kinds.
+    """
 
     def __init__(self, vocabulary: Names = None, class_names: Sequence[str] | None = None,
                  max_examples: int = 8, cmap: str = "RdBu_r") -> None:
-        self.token = _name_fn(vocabulary, str)
+        self.token = _name_fn(vocabulary, str, "vocabulary")
         self.class_names, self.max_examples, self.cmap = class_names, max_examples, cmap
 
-    def tokens(self, ids: torch.Tensor) -> list[list[str]]:
-        return [[self.token(int(i)) for i in row] for row in ids.reshape(ids.shape[0], -1)]
+    def tokens(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> list[list[str]]:
+        """The names of each example's token ids, leaving out the positions where ``mask`` is False."""
+        flat = ids.reshape(ids.shape[0], -1)
+        keep = torch.ones_like(flat, dtype=torch.bool) if mask is None else mask.reshape(flat.shape).bool()
+        return [[self.token(int(i)) for i in row[k]] for row, k in zip(flat, keep)]
 
     def log(self, writer: Any, record: CheckRecord) -> None:
         n = min(self.max_examples, record.inputs.shape[0])
-        tokens = self.tokens(record.inputs[:n])
         scores = record.scores[:n].reshape(n, -1)
+        mask = _check_mask(record.mask, record.inputs)
+        keep = torch.ones_like(scores, dtype=torch.bool) if mask is None else mask[:n].reshape(n, -1)
+        tokens = self.tokens(record.inputs[:n], keep)
+        scores = _compact(scores, keep)
         strip = render.token_strip(tokens, scores, record.scales[:n], cmap=self.cmap)
         add_png(writer, "ig/token_attributions", strip, record.step)
         writer.add_text("ig/tokens", render.token_table(tokens, scores, title=f"epoch {record.epoch}"), record.step)
@@ -155,8 +256,30 @@ class TextView:
             writer.add_text("ig/rules", table, record.step)
 
 
+def _check_mask(mask: torch.Tensor | None, inputs: torch.Tensor) -> torch.Tensor | None:
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or mask.shape != inputs.shape:
+        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"`mask` must be a tensor shaped like inputs {tuple(inputs.shape)}, got {got}")
+    return mask.detach().cpu().bool()
+
+
+def _compact(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Move each row's kept scores to the front, in order, padding with zeros: ``(N, max kept)``."""
+    lengths = keep.sum(1)
+    out = torch.zeros(scores.shape[0], int(lengths.max()) if lengths.numel() else 0, dtype=scores.dtype)
+    out[torch.arange(out.shape[1]) < lengths.view(-1, 1)] = scores[keep]
+    return out
+
+
 class TabularView:
-    """Bar charts of feature attributions per example and for the probe, and each class's top features."""
+    """Bar charts of feature attributions per example and for the probe, and each class's top features.
+
+    Non-finite attributions are drawn as mid-grey bars (see :func:`render.bar_chart`); an example's
+    scale that is not finite or not positive gives a chart whose axis follows the data. The probe mean
+    averages only the examples whose attributions are all finite (all mid-grey when there is none).
+    """
 
     def __init__(self, feature_names: Sequence[str] | None = None, class_names: Sequence[str] | None = None,
                  max_examples: int = 4, max_bars: int = 20) -> None:
@@ -168,14 +291,20 @@ class TabularView:
         names = list(self.feature_names) if self.feature_names is not None else None
         for i in range(min(self.max_examples, scores.shape[0])):
             chart = render.bar_chart(scores[i], names, title=f"example {i}", max_bars=self.max_bars,
-                                     scale=float(record.scales[i]))
+                                     scale=_usable_scale(float(record.scales[i])))
             add_png(writer, f"ig/feature_attributions/example_{i}", chart, record.step)
-        chart = render.bar_chart(scores.mean(0), names, title="probe mean", max_bars=self.max_bars,
-                                 scale=float(record.scales.mean()))
+        finite = _finite_examples(scores)
+        mean = scores[finite].mean(0) if finite.any() else torch.full(scores.shape[1:], math.nan)
+        chart = render.bar_chart(mean, names, title="probe mean", max_bars=self.max_bars,
+                                 scale=_usable_scale(_mean_scale(record.scales)))
         add_png(writer, "ig/feature_attributions/probe_mean", chart, record.step)
         if record.rules:
             table = rules_markdown(record.rules, record.changes, key_names=names, class_names=self.class_names)
             writer.add_text("ig/rules", table, record.step)
+
+
+def _usable_scale(scale: float) -> float | None:
+    return scale if math.isfinite(scale) and scale > 0 else None
 
 
 def infer_kind(inputs: torch.Tensor, scores: torch.Tensor, layer: object) -> str:
