@@ -70,3 +70,48 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class TokenModel(pl.LightningModule):
+    """A Hugging Face-shaped model without Hugging Face: keyword inputs, a padding mask, a dict output."""
+
+    def __init__(self, vocab: int = 12, classes: int = 3) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, 8)
+        self.head = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, classes))
+        self.masks_seen: list[torch.Tensor] = []
+
+    def forward(self, input_ids, attention_mask):
+        self.masks_seen.append(attention_mask.detach().cpu())
+        emb = self.embedding(input_ids) * attention_mask.unsqueeze(-1).to(torch.float32)
+        return {"logits": self.head(emb.sum(1) / attention_mask.sum(1, keepdim=True).clamp_min(1))}
+
+    def training_step(self, batch, batch_idx):
+        out = self(batch["input_ids"], batch["attention_mask"])
+        return nn.functional.cross_entropy(out["logits"], batch["labels"])
+
+    def validation_step(self, batch, batch_idx):
+        out = self(batch["input_ids"], batch["attention_mask"])
+        self.log("val_loss", nn.functional.cross_entropy(out["logits"], batch["labels"]))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.05)
+
+
+def token_data(n: int = 48, length: int = 7, vocab: int = 12, classes: int = 3, seed: int = 0) -> list[dict]:
+    """Dict examples whose class is the token at a random position (ids 1..classes), padded with id 0."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        label = i % classes
+        size = int(torch.randint(3, length + 1, (1,), generator=g))
+        ids = torch.randint(classes + 1, vocab, (length,), generator=g)
+        ids[int(torch.randint(0, size, (1,), generator=g))] = label + 1
+        mask = (torch.arange(length) < size).long()
+        out.append({"input_ids": ids * mask, "attention_mask": mask, "labels": torch.tensor(label)})
+    return out
+
+
+def token_loaders(batch_size: int = 8, **kw):
+    data = token_data(**kw)
+    return DataLoader(data, batch_size=batch_size, shuffle=True), DataLoader(data, batch_size=batch_size)

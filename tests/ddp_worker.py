@@ -6,7 +6,7 @@ Lightning's "ddp" strategy re-launches this script for rank 1, so everything hap
 import sys
 
 import torch
-from conftest import TinyCNN, loaders, trainer
+from conftest import TinyCNN, TokenModel, loaders, token_loaders, trainer
 
 from ig_lightning import IntegratedGradientsMonitor
 
@@ -24,6 +24,14 @@ def main(mode: str, out: str) -> None:
         torch.save({"attributions": r.attributions, "delta": r.delta, "targets": monitor.targets,
                     "probe": monitor.probe_inputs, "metrics": monitor.last_metrics},
                    f"{out}/rank{t.global_rank}.pt")
+    elif mode == "tokens":  # keyword inputs: ids and the mask are sharded with the probe
+        torch.manual_seed(0)
+        model = TokenModel()
+        monitor = IntegratedGradientsMonitor(probe=5, n_steps=8, layer="embedding")
+        t = trainer(out, [monitor], **kw)
+        t.validate(model, token_loaders()[1], verbose=False)
+        torch.save({"attributions": monitor.last_result.attributions, "delta": monitor.last_result.delta,
+                    "masks": model.masks_seen}, f"{out}/tokens_rank{t.global_rank}.pt")
     elif mode == "raise":
         monitor = IntegratedGradientsMonitor(probe=6, n_steps=4, drift_threshold=0.0, on_breach="raise")
         trainer(out, [monitor], max_epochs=4, **kw).fit(model, train, val)

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import torch
-from conftest import TinyCNN, free_port, loaders, trainer
+from conftest import TinyCNN, TokenModel, free_port, loaders, token_loaders, trainer
 
 from ig_lightning import IntegratedGradientsMonitor
 
@@ -50,3 +50,25 @@ def test_stop_stops_every_rank_at_the_same_epoch(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     epochs = [torch.load(tmp_path / f"stop_rank{r}.pt", weights_only=True)["epoch"] for r in (0, 1)]
     assert epochs == [2, 2]
+
+
+def test_keyword_probes_and_their_masks_are_sharded_with_the_examples(tmp_path):
+    proc = run_worker("tokens", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"tokens_rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+    torch.manual_seed(0)
+    model = TokenModel()
+    single = IntegratedGradientsMonitor(probe=5, n_steps=8, layer="embedding")
+    trainer(tmp_path / "single", [single]).validate(model, token_loaders()[1], verbose=False)
+    mask = single.probe.kwargs["attention_mask"]
+    for r, got in enumerate(ranks):
+        torch.testing.assert_close(got["attributions"], single.last_result.attributions, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(got["delta"], single.last_result.delta, rtol=1e-5, atol=1e-7)
+        # rank r attributes probe examples 3r..3r+2 (the last one repeated on rank 1): its path points carry
+        # exactly those examples' masks
+        own = mask[torch.arange(3 * r, 3 * r + 3).clamp_max(4)]
+        # (validation batches hold 8 examples; the check's forwards hold whole rounds of the 3-example shard)
+        path_masks = [m for m in got["masks"] if m.shape[0] % 3 == 0]
+        assert len(path_masks) >= 4
+        assert all(torch.equal(m, own.repeat(len(m) // 3, 1)) for m in path_masks)
