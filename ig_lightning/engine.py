@@ -338,7 +338,8 @@ def integrated_gradients(
             inputs, a tuple with one such entry per input (or one number/None for all).
         additional_forward_args: Arguments passed after the inputs at every path point, never attributed
             (an attention mask, flags). Tensors whose first dimension is ``B`` follow their example through
-            batching; anything else is passed as it is.
+            batching (so a per-feature constant of length ``B`` would be sliced too: give it another shape);
+            anything else is passed as it is.
         n_steps: Points of the quadrature rule, or ``"auto"``: refine each example until
             ``|completeness_error| <= tolerance * max(|delta|, delta_floor)`` or ``max_steps`` is reached.
             Completeness is one number per example: the attributions add up, but single features can
