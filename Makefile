@@ -23,6 +23,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.bench_engine
 	$(PY) -m benchmarks.bench_auto
 	$(PY) -m benchmarks.bench_overhead
+	$(PY) -m benchmarks.bench_memory
 
 clean:
 	rm -rf $(VENV) runs lightning_logs

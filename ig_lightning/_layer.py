@@ -118,6 +118,17 @@ class LayerTap:
             self._offsets = [sum(self.counts[:i]) for i in range(len(self.counts))]
         return out
 
+    def batch_first_values(self, n: int) -> list[torch.Tensor]:
+        """:attr:`values` of a reading run on a batch of ``n``; raises if one is not batch-first."""
+        for value in self.values:
+            if value.ndim == 0 or value.shape[0] != n:
+                raise ValueError(
+                    f"`layer` {self.where} holds a tensor of shape {tuple(value.shape)} for a batch of {n}: every "
+                    f"floating tensor of the layer's {self.where} must have the batch as its first dimension (an "
+                    "LSTM's (h, c) does not: attribute at a module that returns batch-first tensors)"
+                )
+        return list(self.values)
+
 
 def _describe(value: Any) -> str:
     if isinstance(value, torch.Tensor):

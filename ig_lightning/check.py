@@ -147,7 +147,7 @@ class Explainer:
                 if self.layer is not None and k == 0:
                     with tap_layers([self.layer]) as tap:
                         out = tap.run(forward, tuple(chunk))
-                    layer_values = list(tap.values)
+                    layer_values = tap.batch_first_values(len(chunk[0]))
                 else:
                     out = forward(*chunk)
                 outs.append(model_output(out).detach().float().cpu())

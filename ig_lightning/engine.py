@@ -265,9 +265,9 @@ def _layer_problem(forward_func: ForwardFunc, xs: tuple[torch.Tensor, ...], base
         for sl in _chunks(n, batch):
             idx, t = every[sl], _take(target, every[sl])
             call([b[sl] for b in bases], idx)
-            starts.append(_batch_first(tap, len(idx)))
+            starts.append(tap.batch_first_values(len(idx)))
             f_end.append(select_outputs(call([x[sl] for x in xs], idx), t, len(idx)))
-            ends.append(_batch_first(tap, len(idx)))
+            ends.append(tap.batch_first_values(len(idx)))
             f_start.append(select_outputs(call([x[sl] for x in xs], idx, starts[-1]), t, len(idx)))
     start_leaves = [torch.cat(parts) for parts in zip(*starts)]
     end_leaves = [torch.cat(parts) for parts in zip(*ends)]
@@ -288,17 +288,6 @@ def _layer_problem(forward_func: ForwardFunc, xs: tuple[torch.Tensor, ...], base
 
     return _Problem(run, _own_copy(flat.flatten(start_leaves)), _own_copy(flat.flatten(end_leaves)),
                     torch.cat(f_end) - torch.cat(f_start), flat, rebuild)
-
-
-def _batch_first(tap: LayerTap, n: int) -> list[torch.Tensor]:
-    for value in tap.values:
-        if value.ndim == 0 or value.shape[0] != n:
-            raise ValueError(
-                f"`layer` {tap.where} holds a tensor of shape {tuple(value.shape)} for a batch of {n}: every floating "
-                f"tensor of the layer's {tap.where} must have the batch as its first dimension (an LSTM's (h, c) "
-                "does not: attribute at a module that returns batch-first tensors)"
-            )
-    return list(tap.values)
 
 
 def integrated_gradients(
