@@ -167,17 +167,10 @@ class Explainer:
         n = len(inputs)
         per_rank = math.ceil(n / world)
         idx = torch.arange(rank * per_rank, (rank + 1) * per_rank).clamp_max(n - 1)
-        shard = inputs.map(lambda t: on_model(model, t[idx]))
-        attributed, others = self.split(shard)
-        device = attributed[0].device
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NonFiniteAttributionWarning)  # the monitor reports it as a breach
-            result = integrated_gradients(
-                self.forward(model, shard), attributed if len(attributed) > 1 else attributed[0],
-                additional_forward_args=others,
-                target=None if targets is None else targets[idx].to(device),
-                baselines=self.baselines_for(device), layer=self.layer, **engine_kwargs,
-            )
+        group = engine_kwargs.get("internal_batch_size") or per_rank
+        parts = [self._attribute_group(model, inputs, targets, idx[k:k + group], engine_kwargs)
+                 for k in range(0, per_rank, group)]
+        result = parts[0] if len(parts) == 1 else _concatenate(parts)
         if world > 1:
             gather = lambda t: _gather(trainer, t, n)  # noqa: E731
             attributions = result.attributions
@@ -186,6 +179,21 @@ class Explainer:
                               gather(result.completeness_error), gather(result.n_steps), gather(result.n_evaluations),
                               gather(result.attribution_error))
         return result.to("cpu")
+
+    def _attribute_group(self, model: nn.Module, inputs: ModelInputs, targets: torch.Tensor | None,
+                         idx: torch.Tensor, engine_kwargs: dict[str, Any]) -> IGResult:
+        """IG on the probe examples ``idx``; a group holds at most as many examples as a forward holds points,
+        so the per-example buffers of a check stay as small as a training batch."""
+        shard = inputs.map(lambda t: on_model(model, t[idx]))
+        attributed, others = self.split(shard)
+        device = attributed[0].device
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NonFiniteAttributionWarning)  # the monitor reports it as a breach
+            return integrated_gradients(
+                self.forward(model, shard), attributed if len(attributed) > 1 else attributed[0],
+                additional_forward_args=others, target=None if targets is None else targets[idx].to(device),
+                baselines=self.baselines_for(device), layer=self.layer, **engine_kwargs,
+            )
 
     def scores(self, result: IGResult, inputs: ModelInputs) -> list[torch.Tensor]:
         """One score per input feature for each attributed tensor (float32, CPU); at a layer whose output has one
@@ -198,6 +206,16 @@ class Explainer:
                 a = a.sum(-1)
             out.append(a.float())
         return out
+
+
+def _concatenate(parts: list[IGResult]) -> IGResult:
+    first = parts[0].attributions
+    if isinstance(first, tuple):
+        attributions = tuple(torch.cat([p.attributions[i] for p in parts]) for i in range(len(first)))
+    else:
+        attributions = torch.cat([p.attributions for p in parts])
+    fields = ("delta", "completeness_error", "n_steps", "n_evaluations", "attribution_error")
+    return IGResult(attributions, *(torch.cat([getattr(p, f) for p in parts]) for f in fields))
 
 
 def _gather(trainer: Any, t: torch.Tensor, n: int) -> torch.Tensor:

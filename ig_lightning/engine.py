@@ -137,12 +137,11 @@ class _Path:
         self,
         run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         start: torch.Tensor,
-        end: torch.Tensor,
+        diff: torch.Tensor,
         internal_batch_size: int | None,
         grad_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        self.run, self.start, self.end = run, start, end
-        self.diff = end - start
+        self.run, self.start, self.diff = run, start, diff
         self.n, self.dtype, self.device = start.shape[0], start.dtype, start.device
         self.batch, self.grad_kwargs = internal_batch_size, grad_kwargs or {}
 
@@ -217,11 +216,12 @@ def _chunks(n: int, batch: int | None) -> list[slice]:
 
 @dataclass
 class _Problem:
-    """A path ready to integrate: flat endpoints, ``delta``, how to evaluate it and how to shape the result."""
+    """A path ready to integrate: its flat start and ``end - start``, ``delta``, how to evaluate it and how to
+    shape the result."""
 
     run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     start: torch.Tensor
-    end: torch.Tensor
+    diff: torch.Tensor
     delta: torch.Tensor
     flat: Flat
     rebuild: Callable[[list[torch.Tensor]], Attributions]
@@ -241,11 +241,16 @@ def _input_problem(forward_func: ForwardFunc, xs: tuple[torch.Tensor, ...], base
         return select_outputs(out, _take(target, idx), len(idx))
 
     n = xs[0].shape[0]
-    start, end = flat.flatten(bases), flat.flatten(xs)
-    both, idx = torch.cat([end, start]), torch.arange(n, device=start.device).repeat(2)
-    with torch.no_grad():
-        out = torch.cat([run(both[sl], idx[sl]) for sl in _chunks(2 * n, batch)])
-    return _Problem(run, start, end, out[:n] - out[n:], flat,
+    start, end = flat.flatten(bases), flat.flatten(xs)  # fresh tensors (torch.cat copies), fit for autograd
+    every = torch.arange(n, device=start.device)
+    f_end, f_start = [], []
+    with torch.no_grad():  # F(x) and F(x') of a chunk in one forward, at most `batch` rows
+        for sl in _chunks(n, None if batch is None else max(1, batch // 2)):
+            out = run(torch.cat([end[sl], start[sl]]), every[sl].repeat(2))
+            f_end.append(out[:len(every[sl])])
+            f_start.append(out[len(every[sl]):])
+    end -= start  # end - start, in place: one probe-sized buffer less
+    return _Problem(run, start, end, torch.cat(f_end) - torch.cat(f_start), flat,
                     lambda tensors: tuple(tensors) if is_tuple else tensors[0])
 
 
@@ -286,8 +291,9 @@ def _layer_problem(forward_func: ForwardFunc, xs: tuple[torch.Tensor, ...], base
             k += count
         return per_layer if is_list else per_layer[0]
 
-    return _Problem(run, _own_copy(flat.flatten(start_leaves)), _own_copy(flat.flatten(end_leaves)),
-                    torch.cat(f_end) - torch.cat(f_start), flat, rebuild)
+    start = _own_copy(flat.flatten(start_leaves))
+    return _Problem(run, start, flat.flatten(end_leaves) - start, torch.cat(f_end) - torch.cat(f_start), flat,
+                    rebuild)
 
 
 def integrated_gradients(
@@ -448,7 +454,9 @@ def _integrated_gradients(
     """The computation of :func:`integrated_gradients`, on checked arguments."""
     n = items[0].shape[0]
     with gradients_enabled(), frozen_parameters(forward_func):
-        xs = tuple(_own_copy(t) for t in items)
+        # At a layer the inputs are fed to the model: copies, since tensors made under inference_mode cannot
+        # be saved for backward. On the input path only their flat copy is used.
+        xs = items if layers is None else tuple(_own_copy(t) for t in items)
         bases = make_baselines(baselines, xs)
         device = xs[0].device
         extras = Extras(additional_forward_args, n, device)
@@ -460,7 +468,8 @@ def _integrated_gradients(
             else:
                 problem = _layer_problem(forward_func, xs, bases, extras, target_t, internal_batch_size, tap,
                                          is_list)
-            path = _Path(problem.run, problem.start, problem.end, internal_batch_size, grad_kwargs)
+            path = _Path(problem.run, problem.start, problem.diff, internal_batch_size, grad_kwargs)
+            del bases
             delta = problem.delta
             estimate = None
             if n_steps == "auto":
