@@ -150,7 +150,7 @@ class _Path:
         grads, outputs = [], []
         for sl in _chunks(len(idx), self.batch):
             i, a = idx[sl], alphas[sl].view(-1, 1)
-            grad, out = self._grad(self.start[i] + a * self.diff[i], i, with_outputs=True)
+            grad, out = self._grad(torch.addcmul(self.start[i], a, self.diff[i]), i, with_outputs=True)
             grads.append(grad)
             outputs.append(out)
         return torch.cat(grads), torch.cat(outputs)
@@ -179,14 +179,15 @@ class _Path:
         if per_alpha >= 1:  # whole rows of alphas per batch, ordered alpha-major like captum
             for k in range(0, m, per_alpha):
                 a, w = alphas[k:k + per_alpha], weights[k:k + per_alpha]
-                points = (start.unsqueeze(0) + a.view(-1, 1, 1) * diff.unsqueeze(0)).reshape(-1, start.shape[1])
+                points = torch.addcmul(start.unsqueeze(0), a.view(-1, 1, 1), diff.unsqueeze(0))
+                points = points.reshape(-1, start.shape[1])
                 grad = self._grad(points, idx.repeat(len(a)), w.repeat_interleave(b))
                 acc += grad.view(len(a), b, -1).sum(0)
         else:  # fewer points per batch than examples: one alpha, a slice of examples at a time
             for k in range(m):
                 for sl in _chunks(b, self.batch):
                     seed = weights[k].expand(len(idx[sl]))
-                    acc[sl] += self._grad(start[sl] + alphas[k] * diff[sl], idx[sl], seed)
+                    acc[sl] += self._grad(torch.add(start[sl], diff[sl], alpha=float(alphas[k])), idx[sl], seed)
         return acc
 
 
