@@ -564,7 +564,8 @@ class IntegratedGradientsMonitor(Callback):
         explainer = self._explainer
         all_scores = explainer.scores(result, self.probe)
         scores = all_scores[0]
-        vector = torch.cat([s.reshape(len(s), -1) for s in all_scores], 1)
+        flat = [s.reshape(len(s), -1) for s in all_scores]
+        vector = flat[0] if len(flat) == 1 else torch.cat(flat, 1)  # one view per example for drift
         finite = torch.isfinite(vector).all(1) & torch.isfinite(result.delta)
         relative = result.relative_error(DELTA_FLOOR)
         metrics = self._measure(result, relative, scores, vector, finite)
