@@ -1,20 +1,17 @@
-"""Accuracy per cost of ``n_steps="auto"`` against captum's fixed 50-point default.
+"""Accuracy per cost of ``n_steps="auto"`` against fixed rules and captum's 50-point default.
 
 Run from the repository root::
 
-    python -m benchmarks.bench_auto [--examples 200] [--threads N]
+    python -m benchmarks.bench_auto [--examples 128] [--reference-steps 1024] [--threads N]
 
-Trains a small CNN on scikit-learn's bundled digits (8x8, plain PyTorch, fixed seed), then
-explains the predicted class of test images against a zero baseline, on the logits and on the
-softmax probabilities. For every quadrature rule with ``n_steps="auto"`` it reports the mean
-gradient evaluations per example, how many examples with ``|delta| >= 0.05`` meet the 1%
-completeness target, and the worst relative completeness error among them; captum's default
-(50 Gauss-Legendre points for every example) is measured the same way.
-
-Completeness is what ``"auto"`` stops on, so it is also reported how far the attributions
-themselves are from a reference computed with many points (``attr err``: relative L1 distance,
-median and worst over the examples considered). The issue's target: >= 4x fewer evaluations than
-captum's 50 with every example whose ``|delta| >= 0.05`` within tolerance.
+Trains a small CNN on scikit-learn's bundled digits (8x8, plain PyTorch, fixed seed), then explains the
+predicted class of test images against a zero baseline, on the logits and on the softmax probabilities.
+Every candidate is measured against float64 reference attributions (Gauss-Legendre, ``--reference-steps``
+points) by the relative L2 error per example, ``||attr - ref|| / ||ref||``, which is what ``tolerance`` means
+for ``n_steps="auto"``. Columns: share of examples within 1%, median and worst error, mean and max gradient
+evaluations per example, and for auto the share whose estimate (``attribution_error``) is within a factor 2 of
+the true error. Auto does the same for every rule, so it is run once. The issue's target: >= 95% within 1%
+at <= 25 evaluations per example on average, estimate within 2x on >= 90%.
 """
 
 from __future__ import annotations
@@ -24,7 +21,6 @@ import copy
 import os
 import time
 import warnings
-from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
@@ -39,13 +35,9 @@ from ig_lightning import integrated_gradients
 
 SEED = 0
 TOLERANCE = 0.01
-MIN_DELTA = 0.05  # examples with a smaller |F(x) - F(x')| are not held to the relative target
 CAPTUM_STEPS = 50
-# Gauss-Legendre points of the float64 reference attributions. With ReLU kinks the rule converges
-# slowly; 512 points were measured within 0.2% (relative L1) of 1024, enough for errors of 1% and up.
-REFERENCE_STEPS = 512
-METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left")
-SPEEDUP_TARGET = 4.0
+FIXED = (("gausslegendre", 16), ("gausslegendre", 32), ("gausslegendre", 64), ("riemann_trapezoid", 33),
+         ("riemann_trapezoid", 65))
 
 ForwardFunc = Callable[[torch.Tensor], torch.Tensor]
 
@@ -97,41 +89,16 @@ class Row:
 
     name: str
     evals: torch.Tensor  # gradient evaluations per example
-    rel_error: torch.Tensor  # |completeness error| / |delta| per example
-    attr_error: torch.Tensor  # relative L1 distance to the reference attributions per example
+    error: torch.Tensor  # true relative L2 error per example
     seconds: float
-    n_steps: torch.Tensor | None = None  # rule size reached per example (auto only)
+    estimate: torch.Tensor | None = None  # auto's attribution_error
 
 
-def relative_l1(attr: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """``||attr - reference||_1 / ||reference||_1`` per example."""
+def relative_l2(attr: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``||attr - reference||_2 / ||reference||_2`` per example, in float64."""
     n = attr.shape[0]
-    return (attr - reference).reshape(n, -1).abs().sum(1) / reference.reshape(n, -1).abs().sum(1)
-
-
-def run_ours(f: ForwardFunc, x: torch.Tensor, target: torch.Tensor, method: str, reference: torch.Tensor) -> Row:
-    """``n_steps="auto"`` with one rule; warnings (unconverged, tiny delta) are counted in the table instead."""
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        res = integrated_gradients(f, x, target=target, n_steps="auto", tolerance=TOLERANCE, method=method)
-    seconds = time.perf_counter() - start
-    rel = res.completeness_error.abs() / res.delta.abs()
-    return Row(method, res.n_evaluations, rel, relative_l1(res.attributions, reference), seconds, res.n_steps)
-
-
-def run_captum(
-    f: ForwardFunc, x: torch.Tensor, target: torch.Tensor, delta: torch.Tensor, reference: torch.Tensor
-) -> Row:
-    """captum's default: 50 Gauss-Legendre points for every example."""
-    start = time.perf_counter()
-    attr, error = IntegratedGradients(f).attribute(
-        x, target=target, n_steps=CAPTUM_STEPS, method="gausslegendre", return_convergence_delta=True
-    )
-    seconds = time.perf_counter() - start
-    evals = torch.full((x.shape[0],), CAPTUM_STEPS)
-    # captum's delta is sum(attr) - (F(x) - F(x')), the signed completeness error.
-    return Row(f"captum gl{CAPTUM_STEPS}", evals, error.abs() / delta.abs(), relative_l1(attr, reference), seconds)
+    diff = (attr.double() - reference.double()).reshape(n, -1)
+    return diff.norm(dim=1) / reference.double().reshape(n, -1).norm(dim=1)
 
 
 def forward_func(model: nn.Module, outputs: str) -> ForwardFunc:
@@ -139,61 +106,73 @@ def forward_func(model: nn.Module, outputs: str) -> ForwardFunc:
     return model if outputs == "logits" else (lambda inp: model(inp).softmax(-1))
 
 
-def reference(
-    model: nn.Module, outputs: str, x: torch.Tensor, target: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attributions with many points, in float64, and ``delta``, to measure the candidates against."""
+def run_ours(f: ForwardFunc, x: torch.Tensor, target: torch.Tensor, reference: torch.Tensor,
+             n_steps: int | str = "auto", method: str = "gausslegendre") -> Row:
+    """One candidate through the public engine; auto's warnings (unconverged, tiny delta) are not the point here."""
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = integrated_gradients(f, x, target=target, n_steps=n_steps, method=method, tolerance=TOLERANCE)
+    seconds = time.perf_counter() - start
+    name = "auto" if n_steps == "auto" else f"{'gl' if method == 'gausslegendre' else 'trap'}{n_steps}"
+    estimate = res.attribution_error if n_steps == "auto" else None
+    return Row(name, res.n_evaluations, relative_l2(res.attributions, reference), seconds, estimate)
+
+
+def run_captum(f: ForwardFunc, x: torch.Tensor, target: torch.Tensor, reference: torch.Tensor) -> Row:
+    """captum's default: 50 Gauss-Legendre points for every example."""
+    start = time.perf_counter()
+    attr = IntegratedGradients(f).attribute(x, target=target, n_steps=CAPTUM_STEPS, method="gausslegendre")
+    seconds = time.perf_counter() - start
+    evals = torch.full((x.shape[0],), CAPTUM_STEPS)
+    return Row(f"captum gl{CAPTUM_STEPS}", evals, relative_l2(attr, reference), seconds)
+
+
+def reference(model: nn.Module, outputs: str, x: torch.Tensor, target: torch.Tensor, steps: int) -> torch.Tensor:
+    """Attributions with many Gauss-Legendre points, in float64, to measure the candidates against."""
     f = forward_func(copy.deepcopy(model).double(), outputs)
-    res = integrated_gradients(
-        f, x.double(), target=target, n_steps=REFERENCE_STEPS, method="gausslegendre", internal_batch_size=8192
-    )
-    return res.attributions.float(), res.delta.float()
+    res = integrated_gradients(f, x.double(), target=target, n_steps=steps, method="gausslegendre",
+                               internal_batch_size=8192)
+    return res.attributions
 
 
-def print_rows(title: str, rows: list[Row], delta: torch.Tensor) -> None:
-    """The table for one output kind, then the n_steps reached per rule."""
-    held = delta.abs() >= MIN_DELTA
-    print(
-        f"\n{title}: {int(held.sum())} of {len(delta)} examples with |delta| >= {MIN_DELTA} "
-        f"(|delta| median {delta.abs().median():.3g}, min {delta.abs().min():.2g})"
-    )
-    header = (
-        f"{'candidate':<18} {'evals/ex':>8} {'max evals':>9} {'captum/ours':>11} {'within 1%':>11}"
-        f" {'max rel err':>11} {'attr err med':>12} {'attr err max':>12} {'sec':>6} {'target':>6}"
-    )
+def print_rows(title: str, rows: list[Row]) -> None:
+    """The table for one output kind."""
+    print(f"\n{title}")
+    header = (f"{'candidate':<12} {'within 1%':>9} {'err median':>10} {'err max':>8} {'evals/ex':>8} {'max evals':>9}"
+              f" {'est within 2x':>13} {'est/true median':>15} {'sec':>6}")
     print(header)
     print("-" * len(header))
     for row in rows:
-        mean_evals = float(row.evals.float().mean())
-        ratio = CAPTUM_STEPS / mean_evals
-        ok = row.rel_error[held] <= TOLERANCE
-        met = bool(ok.all()) and ratio >= SPEEDUP_TARGET
-        verdict = "-" if row.n_steps is None else ("met" if met else "MISSED")
-        print(
-            f"{row.name:<18} {mean_evals:>8.1f} {int(row.evals.max()):>9d} {ratio:>11.2f}"
-            f" {f'{int(ok.sum())}/{int(held.sum())}':>11} {float(row.rel_error[held].max()):>11.2e}"
-            f" {float(row.attr_error[held].median()):>12.2e} {float(row.attr_error[held].max()):>12.2e}"
-            f" {row.seconds:>6.2f} {verdict:>6}"
-        )
-    for row in rows:
-        if row.n_steps is not None:
-            hist = sorted(Counter(row.n_steps.tolist()).items())
-            print(f"  n_steps reached, {row.name:<17}: " + ", ".join(f"{k}: {v}" for k, v in hist))
+        within = float((row.error <= TOLERANCE).double().mean())
+        agree, ratio = "-", "-"
+        if row.estimate is not None:
+            r = row.estimate.double() / row.error
+            agree = f"{float(((r >= 0.5) & (r <= 2)).double().mean()):.1%}"
+            ratio = f"{float(r.median()):.2f}"
+        print(f"{row.name:<12} {within:>9.1%} {float(row.error.median()):>10.2e} {float(row.error.max()):>8.2e}"
+              f" {float(row.evals.double().mean()):>8.1f} {int(row.evals.max()):>9d} {agree:>13} {ratio:>15}"
+              f" {row.seconds:>6.2f}")
 
 
-def evaluate(model: nn.Module, outputs: str, x: torch.Tensor, target: torch.Tensor) -> None:
+def evaluate(model: nn.Module, outputs: str, x: torch.Tensor, target: torch.Tensor, reference_steps: int) -> None:
     """Every candidate on one output kind (``"logits"`` or ``"softmax"``), printed as a table."""
     f = forward_func(model, outputs)
-    ref_attr, delta = reference(model, outputs, x, target)
-    rows = [run_ours(f, x, target, method, ref_attr) for method in METHODS]
-    rows.append(run_captum(f, x, target, delta, ref_attr))
-    print_rows(outputs, rows, delta)
+    ref = reference(model, outputs, x, target, reference_steps)
+    run_ours(f, x[:2], target[:2], ref[:2])  # warm-up: the first call pays for allocations, not the timed ones
+    rows = [run_ours(f, x, target, ref)]
+    rows += [run_ours(f, x, target, ref, n, method) for method, n in FIXED]
+    rows.append(run_captum(f, x, target, ref))
+    print_rows(outputs, rows)
 
 
 def parse_args() -> argparse.Namespace:
     """Command line options."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--examples", type=int, default=200, help="test images to explain")
+    parser.add_argument("--examples", type=int, default=128, help="test images to explain")
+    parser.add_argument("--reference-steps", type=int, default=1024,
+                        help="Gauss-Legendre points of the float64 reference (1024 agrees with 4097 trapezoid "
+                             "points within 0.1%%; 256 is 0.3%% off 1024, too coarse to judge 1%%)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch.set_num_threads")
     return parser.parse_args()
 
@@ -212,13 +191,14 @@ def main(activation: type[nn.Module] = nn.ReLU) -> None:
     print(
         f"digits CNN ({activation.__name__}): test accuracy {accuracy(model, x_test, y_test):.3f}, "
         f"trained in {time.perf_counter() - start:.1f} s; tolerance={TOLERANCE}, baseline zeros, "
-        f"target = predicted class, {len(x_test[: args.examples])} test images"
+        f"target = predicted class, {len(x_test[: args.examples])} test images, reference: float64 "
+        f"Gauss-Legendre {args.reference_steps}"
     )
     x = x_test[: args.examples]
     with torch.no_grad():
         target = model(x).argmax(1)
     for outputs in ("logits", "softmax"):
-        evaluate(model, outputs, x, target)
+        evaluate(model, outputs, x, target, args.reference_steps)
 
 
 if __name__ == "__main__":

@@ -30,16 +30,8 @@ from torch.utils._pytree import tree_map
 from ig_lightning._checks import check_int, check_positive_float, check_target
 from ig_lightning._layer import LayerTap, tap_layers
 from ig_lightning._structure import Extras, Flat, check_inputs, make_baselines, select_outputs
-from ig_lightning.quadrature import (
-    Refinement,
-    check_method,
-    check_n_steps,
-    check_n_steps_or_auto,
-    first_steps,
-    next_steps,
-    quadrature_rule,
-    refine,
-)
+from ig_lightning.auto import integrate_auto
+from ig_lightning.quadrature import check_method, check_n_steps, check_n_steps_or_auto, quadrature_rule
 
 __all__ = ["IGResult", "NonFiniteAttributionWarning", "integrated_gradients"]
 
@@ -336,17 +328,15 @@ def integrated_gradients(
             (an attention mask, flags). Tensors whose first dimension is ``B`` follow their example through
             batching (so a per-feature constant of length ``B`` would be sliced too: give it another shape);
             anything else is passed as it is.
-        n_steps: Points of the quadrature rule, or ``"auto"``: refine each example until
-            ``|completeness_error| <= tolerance * max(|delta|, delta_floor)`` or ``max_steps`` is reached.
-            Completeness is one number per example: the attributions add up, but single features can
-            still be off by more than ``tolerance`` (see the README's benchmark).
+        n_steps: Points of the quadrature rule, or ``"auto"``: refine each example until the estimated relative
+            L2 error of its attributions against the exact integral is within ``tolerance`` and they add up to
+            ``delta`` within ``tolerance * max(|delta|, delta_floor)``, or ``max_steps`` is reached (see
+            :mod:`ig_lightning.auto`: an adaptive trapezoid that bisects where the path bends; the estimate is in
+            ``attribution_error``).
         method: ``riemann_left``, ``riemann_right``, ``riemann_middle``, ``riemann_trapezoid`` or
-            ``gausslegendre`` (captum's names). With ``"auto"``: ``riemann_trapezoid`` refines adaptively
-            (each round bisects the interval whose own completeness error is largest: the cheapest
-            choice, keeping one gradient per node in memory); the other Riemann rules double (midpoints:
-            triple) a uniform grid reusing every gradient; Gauss-Legendre is not nested and recomputes.
+            ``gausslegendre`` (captum's names), for a fixed ``n_steps``; ``"auto"`` uses its own rule.
         internal_batch_size: Most points per forward/backward; ``None`` = all at once.
-        tolerance: With ``n_steps="auto"``: relative completeness target per example.
+        tolerance: With ``n_steps="auto"``: the relative L2 error target of each example's attributions.
         layer: A module inside ``forward_func`` (e.g. an ``nn.Embedding`` for token ids), or a list of
             modules that do not feed each other: attribute at their outputs, all on one path. The
             baseline there is the layers' output on ``baselines``. A layer's output may be a Tensor or a
@@ -354,10 +344,9 @@ def integrated_gradients(
         attribute_to_layer_input: Attribute at the layers' inputs (positional and keyword) instead.
         multiply_by_inputs: ``False`` returns the path-averaged gradient, without ``(x - x')``.
         grad_kwargs: Keyword arguments for ``torch.autograd.grad``.
-        max_steps: With ``n_steps="auto"``: the largest rule (points) one example may reach. Gauss-Legendre
-            spends more evaluations than its final size, as it cannot reuse points (``n_evaluations``).
-        delta_floor: With ``n_steps="auto"``: examples with ``|delta|`` below it get the absolute target
-            ``tolerance * delta_floor`` (a degenerate baseline leaves nothing to be relative to); a warning says so.
+        max_steps: With ``n_steps="auto"``: the most points (gradient evaluations) one example may use.
+        delta_floor: With ``n_steps="auto"``: floor of ``|delta|`` and of the attributions' norm in the relative
+            targets (a degenerate baseline leaves nothing to be relative to); a warning says so.
         sync: With ``n_steps="auto"`` under several processes: ``sync(k)`` returns the largest ``k`` over
             the processes, so that every process runs as many forward passes as the others (sharded
             strategies need it). ``None`` for one process.
@@ -402,8 +391,8 @@ def integrated_gradients(
         internal_batch_size = check_int(internal_batch_size, "internal_batch_size", minimum=1)
     tolerance = check_positive_float(tolerance, "tolerance")
     max_steps = check_n_steps(max_steps, method, name="max_steps")
-    if auto and method == "riemann_trapezoid" and max_steps < 3:
-        raise ValueError(f"`max_steps` must be >= 3 for n_steps='auto' with riemann_trapezoid, got {max_steps}")
+    if auto and max_steps < 3:
+        raise ValueError(f"`max_steps` must be >= 3 for n_steps='auto', got {max_steps}")
     delta_floor = check_positive_float(delta_floor, "delta_floor")
     for flag, name in ((attribute_to_layer_input, "attribute_to_layer_input"),
                        (multiply_by_inputs, "multiply_by_inputs")):
@@ -474,8 +463,8 @@ def _integrated_gradients(
             delta = problem.delta
             estimate = None
             if n_steps == "auto":
-                avg_grad, steps, evals, estimate = _integrate_auto(path, method, delta, tolerance, max_steps,
-                                                                   delta_floor, sync)
+                avg_grad, steps, evals, estimate = _integrate_auto(path, delta, tolerance, max_steps, delta_floor,
+                                                                   sync)
             else:
                 alphas, weights = quadrature_rule(method, n_steps, dtype=path.dtype, device=device)
                 avg_grad = path.weighted_gradients(torch.arange(n, device=device), alphas, weights)
@@ -489,29 +478,17 @@ def _integrated_gradients(
 
 
 def _integrate_auto(
-    path: _Path, method: str, delta: torch.Tensor, tolerance: float, max_steps: int, delta_floor: float,
+    path: _Path, delta: torch.Tensor, tolerance: float, max_steps: int, delta_floor: float,
     sync: Callable[[int], int] | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Refine each example until its error is within tolerance (or ``max_steps`` is reached)."""
-    try:  # TEMPORARY: the new algorithm (ig_lightning/auto.py) is being written; the old one until then
-        from ig_lightning.auto import integrate_auto
-    except ImportError:
-        integrate_auto = None
-    if integrate_auto is not None:
-        res = integrate_auto(path, method, delta, tolerance=tolerance, max_steps=max_steps, delta_floor=delta_floor,
-                             sync=sync)
-        avg_grad, steps, evals, estimate, unconverged = (res.avg_grad, res.n_steps, res.n_evaluations,
-                                                          res.attribution_error, res.unconverged)
-    else:
-        goal = tolerance * delta.abs().clamp_min(delta_floor)
-        refine_all = _refine_adaptive if method == "riemann_trapezoid" else _refine_nested
-        avg_grad, steps, evals, unconverged = refine_all(path, method, delta, goal, max_steps)
-        estimate = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Refine each example until its attributions are within tolerance (or ``max_steps`` is reached)."""
+    res = integrate_auto(path, "auto", delta, tolerance=tolerance, max_steps=max_steps, delta_floor=delta_floor,
+                         sync=sync)
     n = delta.shape[0]
-    if unconverged:
+    if res.unconverged:
         warnings.warn(
-            f"n_steps='auto': {unconverged} of {n} examples did not reach tolerance={tolerance} within "
-            f"max_steps={max_steps}; `n_steps` of the result shows what they used",
+            f"n_steps='auto': {res.unconverged} of {n} examples did not reach tolerance={tolerance} within "
+            f"max_steps={max_steps}; `n_steps` and `attribution_error` of the result show what they reached",
             RuntimeWarning,
             stacklevel=4,
         )
@@ -523,97 +500,7 @@ def _integrate_auto(
             RuntimeWarning,
             stacklevel=4,
         )
-    return avg_grad, steps, evals, estimate
-
-
-def _errors(path: _Path, avg_grad: torch.Tensor, delta: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Absolute completeness error of the examples ``idx`` with their current average gradients."""
-    return ((path.diff[idx] * avg_grad[idx]).sum(1) - delta[idx]).abs()
-
-
-def _refine_nested(
-    path: _Path, method: str, delta: torch.Tensor, goal: torch.Tensor, max_steps: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Grow a uniform grid: x2 (x3 for midpoints) reusing every gradient; Gauss-Legendre starts over (x2)."""
-    n, device = delta.shape[0], delta.device
-    avg_grad = torch.zeros_like(path.start)
-    steps = torch.zeros(n, dtype=torch.long, device=device)
-    evals = torch.zeros(n, dtype=torch.long, device=device)
-    active = torch.arange(n, device=device)
-    current: int | None = None
-    while len(active):
-        if current is None and first_steps(method) > max_steps:
-            rule = quadrature_rule(method, max_steps, dtype=path.start.dtype, device=device)
-            step = Refinement(max_steps, *rule, old_scale=0.0)
-        else:
-            step = refine(method, current, dtype=path.start.dtype, device=device)
-        new = path.weighted_gradients(active, step.alphas, step.weights)
-        avg_grad[active] = step.old_scale * avg_grad[active] + new
-        steps[active] = step.n_steps
-        evals[active] += len(step.alphas)
-        error = _errors(path, avg_grad, delta, active)
-        # Non-finite errors cannot improve by refining: stop there, the caller is warned.
-        active = active[(error > goal[active]) & torch.isfinite(error)]
-        current = step.n_steps
-        if len(active) and next_steps(method, current) > max_steps:
-            return avg_grad, steps, evals, len(active)
-    return avg_grad, steps, evals, 0
-
-
-def _refine_adaptive(
-    path: _Path, method: str, delta: torch.Tensor, goal: torch.Tensor, max_steps: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Trapezoid rule on a per-example grid that bisects, each round, the interval that is most off.
-
-    Every evaluated point also gives ``F`` there, so each interval's own completeness error,
-    ``F(b) - F(a) - (b - a) * (F'(a) + F'(b)) / 2`` along the path, is known exactly: splitting the worst
-    interval puts points where the path bends (ReLU kinks, a softmax turning) and none where it is flat.
-    Nested: every gradient is kept (one vector per node and example) and reused.
-    """
-    n, device, dtype = delta.shape[0], delta.device, path.start.dtype
-    flat_diff = path.diff
-    idx = torch.arange(n, device=device)
-    first = torch.tensor([0.0, 0.5, 1.0], dtype=dtype, device=device)
-    grads, outputs = path.gradients_at(idx.repeat(3), first.repeat_interleave(n))
-    nodes = [
-        [(float(first[k]), grads[k * n + e], float(outputs[k * n + e]),
-          float(grads[k * n + e].reshape(-1) @ flat_diff[e])) for k in range(3)]
-        for e in range(n)
-    ]  # per example, sorted: (alpha, gradient, F, dF/dalpha)
-    avg_grad = torch.stack([0.25 * g0 + 0.5 * g1 + 0.25 * g2 for (_, g0, _, _), (_, g1, _, _), (_, g2, _, _)
-                            in nodes])
-    error = _errors(path, avg_grad, delta, idx)
-    active = idx[(error > goal) & torch.isfinite(error)]
-    gave_up = 0
-    while len(active):
-        capped = [e for e in active.tolist() if len(nodes[e]) >= max_steps]
-        gave_up += len(capped)
-        todo = [e for e in active.tolist() if len(nodes[e]) < max_steps]
-        if not todo:
-            break
-        worst = [_worst_interval(nodes[e]) for e in todo]
-        mids = torch.tensor([(nodes[e][i][0] + nodes[e][i + 1][0]) / 2 for e, i in zip(todo, worst)],
-                            dtype=dtype, device=device)
-        todo_t = torch.tensor(todo, device=device)
-        grads, outputs = path.gradients_at(todo_t, mids)
-        for j, (e, i) in enumerate(zip(todo, worst)):
-            (a, ga, _, _), (b, gb, _, _) = nodes[e][i], nodes[e][i + 1]
-            h = b - a
-            # The interval's trapezoid h/2 (ga + gb) becomes h/4 (ga + 2 gm + gb).
-            avg_grad[e] += 0.5 * h * grads[j] - 0.25 * h * (ga + gb)
-            slope = float(grads[j].reshape(-1) @ flat_diff[e])
-            nodes[e].insert(i + 1, (float(mids[j]), grads[j], float(outputs[j]), slope))
-        error = _errors(path, avg_grad, delta, todo_t)
-        active = todo_t[(error > goal[todo_t]) & torch.isfinite(error)]
-    steps = torch.tensor([len(v) for v in nodes], dtype=torch.long, device=device)
-    return avg_grad, steps, steps.clone(), gave_up
-
-
-def _worst_interval(nodes: list[tuple[float, torch.Tensor, float, float]]) -> int:
-    """Index of the interval whose trapezoid misses its own ``F(b) - F(a)`` the most."""
-    errors = [abs((fb - fa) - (b - a) * (sa + sb) / 2)
-              for (a, _, fa, sa), (b, _, fb, sb) in zip(nodes, nodes[1:])]
-    return max(range(len(errors)), key=errors.__getitem__)
+    return res.avg_grad, res.n_steps, res.n_evaluations, res.attribution_error
 
 
 def _warn_non_finite(attributions: torch.Tensor) -> None:

@@ -197,22 +197,24 @@ def test_non_finite_attributions_are_reported():
 # --- n_steps="auto" -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("act", [nn.Tanh, nn.ReLU])
 @pytest.mark.parametrize("method", METHODS)
-def test_auto_reaches_the_tolerance_for_every_example(method):
-    net, x = mlp(), torch.randn(6, 5, dtype=F64) * 2
-    tol = 1e-2 if method in ("riemann_left", "riemann_right") else 1e-3  # first order rules converge slowly
+def test_auto_reaches_the_tolerance_for_every_example(method, act):
+    # tolerance is the relative L2 error of each example's attributions against the exact integral
+    net, x = mlp(act=act), torch.randn(6, 5, dtype=F64) * 2
+    tol = 1e-3
     res = integrated_gradients(net, x, target=1, n_steps="auto", tolerance=tol, method=method)
+    ref = integrated_gradients(net, x, target=1, n_steps=2048).attributions
+    error = (res.attributions - ref).norm(dim=1) / ref.norm(dim=1)
+    assert bool((error <= 2 * tol).all()), error  # the estimate is an estimate: within 2x of the target
+    assert bool((res.attribution_error <= tol).all()) and bool((error <= 2 * res.attribution_error + 1e-12).all())
     assert bool((res.completeness_error.abs() <= tol * res.delta.abs().clamp_min(1e-3)).all())
-    if method == "gausslegendre":
-        assert bool((res.n_evaluations >= res.n_steps).all())
-    else:  # nested rules: no gradient is computed twice
-        torch.testing.assert_close(res.n_evaluations, res.n_steps)
-    if method == "riemann_trapezoid":  # adaptive grid: compare with an accurate reference instead
-        ref = integrated_gradients(net, x, target=1, n_steps=256).attributions
-        assert float((res.attributions - ref).abs().sum() / ref.abs().sum()) < 10 * tol
-    else:  # a uniform grid: the same as the fixed rule of the size reached
-        fixed = integrated_gradients(net, x[:1], target=1, n_steps=int(res.n_steps[0]), method=method)
-        torch.testing.assert_close(res.attributions[:1], fixed.attributions, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(res.n_evaluations, res.n_steps)  # nested: no gradient is computed twice
+
+
+def test_fixed_rules_give_no_error_estimate():
+    res = integrated_gradients(mlp(), torch.randn(2, 5, dtype=F64), target=0, n_steps=8)
+    assert res.attribution_error.dtype == F64 and bool(torch.isnan(res.attribution_error).all())
 
 
 @pytest.mark.parametrize("x", [3.0, 1.7, 7.0])
@@ -245,16 +247,14 @@ def test_auto_reports_the_cap_honestly():
     assert int(res.n_steps.max()) == 40  # adaptive: one node at a time, up to the cap
 
 
-def test_auto_gauss_legendre_caps_some_examples_and_finishes_the_others():
+def test_auto_caps_some_examples_and_finishes_the_others():
     net = mlp(act=nn.ReLU)
     x = torch.cat([torch.full((1, 5), 1e-2, dtype=F64), torch.randn(3, 5, dtype=F64) * 3])
     with pytest.warns(RuntimeWarning, match=r"did not reach tolerance=1e-09 within max_steps=24"):
         res = integrated_gradients(net, x, target=0, n_steps="auto", tolerance=1e-9, max_steps=24)
-    # Doubling 4 -> 8 -> 16; 32 would pass the cap. Gauss-Legendre does not nest: 4 + 8 + 16 evaluations.
-    assert int(res.n_steps.max()) == 16 and int(res.n_evaluations.max()) == 28
-    fixed = integrated_gradients(net, x, target=0, n_steps=16)
-    capped = res.n_steps == 16
-    torch.testing.assert_close(res.attributions[capped], fixed.attributions[capped])
+    assert int(res.n_steps.max()) <= 24
+    assert int(res.n_steps[0]) < 24 and float(res.attribution_error[0]) <= 1e-9  # the tiny step is ~linear
+    assert bool((res.attribution_error[res.n_steps >= 24] > 1e-9).all())  # the capped ones say so
 
 
 def test_auto_with_a_degenerate_baseline_terminates_and_warns():
@@ -372,7 +372,7 @@ def test_no_forward_sees_more_than_internal_batch_size_rows():
 
 
 def test_adaptive_trapezoid_needs_three_points():
-    with pytest.raises(ValueError, match="`max_steps` must be >= 3 for n_steps='auto' with riemann_trapezoid"):
+    with pytest.raises(ValueError, match="`max_steps` must be >= 3 for n_steps='auto'"):
         integrated_gradients(mlp(), X, target=0, n_steps="auto", method="riemann_trapezoid", max_steps=2)
 
 
