@@ -6,7 +6,7 @@ Lightning's "ddp" strategy re-launches this script for rank 1, so everything hap
 import sys
 
 import torch
-from conftest import TinyCNN, TokenModel, loaders, token_loaders, trainer
+from conftest import TinyCNN, TokenModel, loaders, make_data, token_loaders, trainer
 
 from ig_lightning import IntegratedGradientsMonitor
 
@@ -32,6 +32,18 @@ def main(mode: str, out: str) -> None:
         t.validate(model, token_loaders()[1], verbose=False)
         torch.save({"attributions": monitor.last_result.attributions, "delta": monitor.last_result.delta,
                     "masks": model.masks_seen}, f"{out}/tokens_rank{t.global_rank}.pt")
+    elif mode == "lockstep":  # n_steps="auto": shards of different difficulty, the same forwards on each rank
+        torch.manual_seed(0)
+        model, calls = TinyCNN(), []
+        model.register_forward_pre_hook(lambda m, args: calls.append(len(args[0])) if torch.is_grad_enabled() and
+                                        not m.training else None)
+        x, y = make_data()[:6]
+        x[:3] = 0.0  # rank 0's shard equals the baseline: exact at the first round; rank 1's needs many
+        monitor = IntegratedGradientsMonitor(probe=(x, y), n_steps="auto", tolerance=1e-3, internal_batch_size=4)
+        t = trainer(out, [monitor], **kw)
+        t.validate(model, val, verbose=False)
+        torch.save({"calls": calls, "n_steps": monitor.last_result.n_steps,
+                    "attributions": monitor.last_result.attributions}, f"{out}/lockstep_rank{t.global_rank}.pt")
     elif mode == "raise":
         monitor = IntegratedGradientsMonitor(probe=6, n_steps=4, drift_threshold=0.0, on_breach="raise")
         trainer(out, [monitor], max_epochs=4, **kw).fit(model, train, val)

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import torch
-from conftest import TinyCNN, TokenModel, free_port, loaders, token_loaders, trainer
+from conftest import TinyCNN, TokenModel, free_port, loaders, make_data, token_loaders, trainer
 
 from ig_lightning import IntegratedGradientsMonitor
 
@@ -72,3 +72,23 @@ def test_keyword_probes_and_their_masks_are_sharded_with_the_examples(tmp_path):
         path_masks = [m for m in got["masks"] if m.shape[0] % 3 == 0]
         assert len(path_masks) >= 4
         assert all(torch.equal(m, own.repeat(len(m) // 3, 1)) for m in path_masks)
+
+
+def test_auto_runs_the_same_forward_passes_on_every_rank(tmp_path):
+    # Sharded strategies need it: every forward is a collective. Rank 0's shard is exact at once, rank 1's
+    # needs several refinement rounds; rank 0 runs padding points meanwhile.
+    proc = run_worker("lockstep", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"lockstep_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["calls"] == ranks[1]["calls"] and len(ranks[0]["calls"]) > 4
+    n_steps = ranks[0]["n_steps"]
+    assert int(n_steps[:3].max()) < int(n_steps[3:].min())  # the shards did need different numbers of rounds
+
+    torch.manual_seed(0)
+    model = TinyCNN()
+    x, y = make_data()[:6]
+    x[:3] = 0.0
+    single = IntegratedGradientsMonitor(probe=(x, y), n_steps="auto", tolerance=1e-3, internal_batch_size=4)
+    trainer(tmp_path / "single", [single]).validate(model, loaders()[1], verbose=False)
+    for got in ranks:
+        torch.testing.assert_close(got["attributions"], single.last_result.attributions, rtol=1e-5, atol=1e-7)
