@@ -66,7 +66,6 @@ def make_monitor(**overrides: Any) -> IntegratedGradientsMonitor:
     """The monitor as a user would set it for this model; ``overrides`` change any argument."""
     settings: dict[str, Any] = dict(
         probe=16,  # the first 16 validation digits, fixed for the whole run
-        n_steps=32,  # Gauss-Legendre points per example: completeness error well under 1%
         drift_threshold=0.5,  # warn when attributions turn by more than this (1 - cosine) between epochs
         warmup=2,  # the first epochs rewire a lot: ignore their drift
         completeness_threshold=0.05,  # the paper's 5%: more points are needed beyond it

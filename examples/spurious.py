@@ -83,7 +83,6 @@ def make_monitor(probe: Split, **overrides: Any) -> IntegratedGradientsMonitor:
     """Watch the corner: stop the run as soon as it holds more than ``REGION_THRESHOLD`` of the attribution."""
     settings: dict[str, Any] = dict(
         probe=probe,
-        n_steps=32,
         region=CUE_REGION,
         region_threshold=REGION_THRESHOLD,
         on_breach="stop",

@@ -64,7 +64,6 @@ def make_monitor(**overrides: Any) -> IntegratedGradientsMonitor:
     """The monitor with the table's feature and class names (rules are flat feature indices)."""
     settings: dict[str, Any] = dict(
         probe=32,
-        n_steps=32,
         feature_names=FEATURE_NAMES,
         class_names=CLASS_NAMES,
         top_k=5,

@@ -103,7 +103,6 @@ def make_monitor(**overrides: Any) -> IntegratedGradientsMonitor:
     """IG at the embedding layer (baseline: all ``<pad>``), rules named by word."""
     settings: dict[str, Any] = dict(
         probe=64,  # enough questions of every class for the rules
-        n_steps=32,
         layer="embedding",  # token ids are not differentiable: attribute at the embeddings
         vocabulary=VOCABULARY,
         class_names=CLASS_NAMES,

@@ -171,9 +171,11 @@ class IntegratedGradientsMonitor(Callback):
             check. Ignored for models with one output per example.
         baseline: ``None`` (zeros; token id 0 with ``layer``), a number, or a Tensor broadcastable to the
             attributed input; with several attributed inputs a tuple or a dict (by input name) of those.
-        n_steps: Quadrature points, or ``"auto"`` (refine each example until its attributions are within
-            ``tolerance``).
-        method: The quadrature rule (captum's names; see :func:`ig_lightning.integrated_gradients`).
+        n_steps: ``"auto"`` (refine each example until the estimated relative L2 error of its attributions,
+            and its completeness error, are within ``tolerance``; the estimate is logged as
+            ``ig/attribution_error``), or a fixed number of quadrature points.
+        method: The quadrature rule of a fixed ``n_steps`` (captum's names; see
+            :func:`ig_lightning.integrated_gradients`).
         internal_batch_size: Most path points per forward/backward. ``None``: the training batch size (the
             validation batch size under ``trainer.validate``), so a check needs no more memory than a
             training step.
@@ -235,7 +237,7 @@ class IntegratedGradientsMonitor(Callback):
         *,
         target: Literal["auto", "label", "prediction"] | int | Callable[[torch.Tensor, Any], torch.Tensor] = "auto",
         baseline: float | torch.Tensor | list | tuple | dict | None = None,
-        n_steps: int | Literal["auto"] = 32,
+        n_steps: int | Literal["auto"] = "auto",
         method: Literal[
             "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"
         ] = "gausslegendre",
