@@ -11,7 +11,8 @@ points) by the relative L2 error per example, ``||attr - ref|| / ||ref||``, whic
 for ``n_steps="auto"``. Columns: share of examples within 1%, median and worst error, mean and max gradient
 evaluations per example, for auto the share whose estimate (``attribution_error``) is within a factor 2 of
 the true error, and the time of each candidate (median of interleaved rounds) with the ratio of auto's time to
-the fastest fixed rule that is at least as accurate. Auto does the same for every rule, so it is run once. The issue's target: >= 95% within 1%
+the fastest fixed rule that is at least as accurate. Auto does the same for every rule, so it is run once.
+The issue's target: >= 95% within 1%
 at <= 25 evaluations per example on average, estimate within 2x on >= 90%.
 """
 

@@ -141,7 +141,8 @@ def select_outputs(out: Any, target: torch.Tensor | None, n: int) -> torch.Tenso
     n_classes = out.shape[1]
     if target is None:
         if n_classes != 1:
-            raise ValueError(f"`target` is None but `forward_func` returns {n_classes} outputs per example: pass a target")
+            raise ValueError(
+                f"`target` is None but `forward_func` returns {n_classes} outputs per example: pass a target")
         return out[:, 0]
     bad = (target < 0) | (target >= n_classes)
     if bool(bad.any()):

@@ -102,7 +102,8 @@ def _check_attribute(value: Any) -> list[Name] | None:
 def _check_probe(probe: Any) -> tuple[ModelInputs | None, torch.Tensor | None, int]:
     """``(inputs, labels, size)`` of a given probe, or ``(None, None, n)`` for an int ``n``."""
     if isinstance(probe, bool):
-        raise TypeError(f"`probe` must be an int, a Tensor, a dict of Tensors or an (inputs, labels) pair, got {probe!r}")
+        raise TypeError(
+            f"`probe` must be an int, a Tensor, a dict of Tensors or an (inputs, labels) pair, got {probe!r}")
     if isinstance(probe, numbers.Integral):
         return None, None, check_int(probe, "probe", minimum=1)
     labels = None

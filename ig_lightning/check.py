@@ -92,7 +92,8 @@ class Explainer:
         names = [name for name, t in inputs.items() if t.is_floating_point()]
         if not names:
             raise ValueError(
-                f"the probe has no floating-point input to attribute (inputs {[(n, str(t.dtype)) for n, t in inputs.items()]}): "
+                "the probe has no floating-point input to attribute (inputs "
+                f"{[(n, str(t.dtype)) for n, t in inputs.items()]}): "
                 "token ids are attributed at their embedding, pass `layer=` (e.g. 'embedding')"
             )
         return names
@@ -105,7 +106,8 @@ class Explainer:
             return tuple(baseline.get(name) for name in self.names)
         if isinstance(baseline, (tuple, list)) and not isinstance(baseline, torch.Tensor):
             if len(baseline) != len(self.names):
-                raise ValueError(f"`baseline` must have one entry per attributed input {self.names}, got {len(baseline)}")
+                raise ValueError(
+                    f"`baseline` must have one entry per attributed input {self.names}, got {len(baseline)}")
             return tuple(baseline)
         return baseline
 

@@ -175,7 +175,8 @@ def test_image_view_draws_diverged_examples_and_classes_grey(tmp_path) -> None:
     assert tuple(means.shape) == (3, 3 * 10 + 2, 3 * 10 + 2)
     assert not is_grey(panel(means, 0, 1)).any()  # class 0: mean of its finite example only
     assert is_grey(panel(means, 1, 1)).all() and is_grey(panel(means, 1, 2)).all()
-    assert "Rows of `ig/class_mean_maps`: 0, 1, 2" in events.Tensors("ig/rules/text_summary")[0].tensor_proto.string_val[0].decode()
+    text = events.Tensors("ig/rules/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "Rows of `ig/class_mean_maps`: 0, 1, 2" in text
 
 
 def test_tabular_view_survives_nonfinite_scores_and_scales(tmp_path) -> None:

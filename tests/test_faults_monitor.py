@@ -225,7 +225,8 @@ def probe_with_marker(kind: str, n: int = 4, at: int = 1):
         ({"class_names": []}, ValueError, "`class_names` must not be empty"),
         ({"internal_batch_size": 2.5}, TypeError, "`internal_batch_size` must be an int"),
         ({"region": torch.zeros(2, 2, dtype=torch.bool)}, ValueError, "`region` must select at least one"),
-        ({"attribution_error_threshold": 0.1}, ValueError, "`attribution_error_threshold` needs n_steps='auto'"),
+        ({"attribution_error_threshold": 0.1, "n_steps": 32}, ValueError,
+         "`attribution_error_threshold` needs n_steps='auto'"),
         ({"output_transform": 3}, TypeError, "`output_transform` must be a name or a callable"),
     ],
 )

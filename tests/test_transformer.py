@@ -158,7 +158,7 @@ def test_the_attention_mask_reaches_the_model_at_every_path_point(trained: Train
         rows_per_example += torch.bincount(example, minlength=PROBE)
     # Every quadrature point of every example was evaluated with the example's own mask.
     n_evaluations = trained.monitor.last_result.n_evaluations
-    assert (rows_per_example >= n_evaluations).all() and (n_evaluations >= 32).all(), (rows_per_example, n_evaluations)
+    assert (rows_per_example >= n_evaluations).all() and (n_evaluations >= 5).all(), (rows_per_example, n_evaluations)
     print(f"\nlast check: {len(calls)} model calls, {rows_per_example.tolist()} rows per probe example")
 
 
@@ -227,22 +227,32 @@ def test_the_mask_matters_all_ones_mask_gives_other_attributions(trained: Traine
     torch.testing.assert_close(ones[~padded], masked[~padded], rtol=1e-4, atol=1e-5)
 
 
-# Attention makes the path sharply curved for some examples: Gauss-Legendre needs 512 points for one of them
-# (so max_steps=512; 32 points leave it ~90% off), the adaptive trapezoid about 15 evaluations on average.
-@pytest.mark.parametrize("method", ["gausslegendre", "riemann_trapezoid"])
-def test_validate_with_auto_steps_is_complete_for_every_probe_example(trained: Trained, method: str) -> None:
-    default_error = relative_completeness_error(trained.monitor)
-    monitor = IntegratedGradientsMonitor(layer=T.LAYER, vocabulary=T.TOKENIZER, n_steps="auto", method=method,
-                                         max_steps=512)
+def per_feature_error(monitor: IntegratedGradientsMonitor, reference: torch.Tensor) -> torch.Tensor:
+    attributions = monitor.last_result.attributions.reshape(len(reference), -1)
+    return (attributions - reference).norm(dim=1) / reference.norm(dim=1)
+
+
+# Attention makes the path sharply curved for some examples: 32 Gauss-Legendre points (the old default) leave
+# one ~90% incomplete, while the default n_steps="auto" refines exactly those examples.
+def test_the_default_auto_is_accurate_where_a_fixed_rule_is_not(trained: Trained) -> None:
+    reference_monitor = IntegratedGradientsMonitor(layer=T.LAYER, vocabulary=T.TOKENIZER, n_steps=1024)
+    validate(trained, reference_monitor)
+    reference = reference_monitor.last_result.attributions.reshape(PROBE, -1)
+    fixed = IntegratedGradientsMonitor(layer=T.LAYER, vocabulary=T.TOKENIZER, n_steps=32)
+    validate(trained, fixed)
+    monitor = IntegratedGradientsMonitor(layer=T.LAYER, vocabulary=T.TOKENIZER)  # the default: "auto"
     trainer = validate(trained, monitor)
-    assert monitor.checks == 1 and "ig/completeness_error" in trainer.callback_metrics
-    error = relative_completeness_error(monitor)
-    n_steps = monitor.last_result.n_steps
-    print(f"\ncompleteness error, 32 Gauss-Legendre points: mean {default_error.mean():.2e} "
-          f"max {default_error.max():.2e} (logged: {trained.monitor.last_metrics['ig/completeness_error']:.2e} / "
-          f"{trained.monitor.last_metrics['ig/completeness_error_max']:.2e})")
-    print(f"completeness error, n_steps='auto', {method}: mean {error.mean():.2e} max {error.max():.2e}, "
-          f"n_steps {n_steps.tolist()}, evaluations {monitor.last_result.n_evaluations.tolist()}")
-    assert (error <= monitor.tolerance).all(), error
+    assert monitor.checks == 1 and "ig/attribution_error" in trainer.callback_metrics
+    error, estimate = per_feature_error(monitor, reference), monitor.last_result.attribution_error
+    fixed_complete, fixed_error = relative_completeness_error(fixed), per_feature_error(fixed, reference)
+    print(f"\n32 Gauss-Legendre: completeness mean {fixed_complete.mean():.2e} max {fixed_complete.max():.2e}, "
+          f"per-feature error mean {fixed_error.mean():.2e} max {fixed_error.max():.2e}")
+    print(f"auto: completeness mean {relative_completeness_error(monitor).mean():.2e} max "
+          f"{relative_completeness_error(monitor).max():.2e}, per-feature error mean {error.mean():.2e} max "
+          f"{error.max():.2e}, estimate max {estimate.max():.2e}, evaluations mean "
+          f"{monitor.last_result.n_evaluations.double().mean():.1f} max {int(monitor.last_result.n_evaluations.max())}")
+    assert (relative_completeness_error(monitor) <= monitor.tolerance).all()
+    assert (estimate <= monitor.tolerance).all() and (error <= 2 * monitor.tolerance).all(), (error, estimate)
+    assert relative_completeness_error(fixed).max() > 10 * relative_completeness_error(monitor).max()
     # The same model and probe as in fit: the explained outputs agree.
     torch.testing.assert_close(monitor.last_result.delta, trained.monitor.last_result.delta, rtol=1e-4, atol=1e-4)
