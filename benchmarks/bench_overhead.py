@@ -25,6 +25,7 @@ VARIANTS: dict[str, dict | None] = {  # name: monitor arguments (None = no monit
     "monitor at defaults": {},
     "defaults, log_images=False": {"log_images": False},
     "defaults, every_n_epochs=2": {"every_n_epochs": 2},
+    "defaults, n_steps=32 (fixed rule)": {"n_steps": 32},
 }
 
 
