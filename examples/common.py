@@ -211,9 +211,11 @@ def summarize(
     lines = [f"IG checks: {monitor.checks}" + ("  (run stopped early by a breach)" if stopped else "")]
     labels = {"ig/completeness_error": "completeness error (mean relative)",
               "ig/completeness_error_max": "completeness error (worst)",
+              "ig/attribution_error_max": "attribution error, estimated (worst)",
+              "ig/n_steps_mean": "gradient evaluations per example (mean)",
               "ig/drift": f"drift ({monitor.drift_metric} vs {monitor.drift_reference} check)",
               "ig/region_mass": "share of |attribution| in `region`"}
-    lines += [f"{text}: {metrics[name]:.4f}" for name, text in labels.items() if name in metrics]
+    lines += [f"{text}: {metrics[name]:.4g}" for name, text in labels.items() if name in metrics]
     if monitor.rules:
         lines.append(f"top {top} rules per class:")
         lines += rules_lines(monitor.rules, key_names=key_names, class_names=class_names, top=top)
