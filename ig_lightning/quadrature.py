@@ -4,10 +4,7 @@ A rule is a set of points ``alphas`` in [0, 1] and weights summing to one, so th
 ``integral_0^1 g(a) da ~= sum_k weights[k] * g(alphas[k])``. The rules are kept apart
 from the attribution code: the engine only asks for points and weights.
 
-Nested rules (the Riemann family) can be refined while reusing every point already
-evaluated: :func:`refine` returns only the new points, their weights in the finer rule,
-and the factor by which the old estimate is scaled. Gauss-Legendre is not nested, so its
-refinement starts over (``old_scale == 0``).
+``n_steps="auto"`` has its own adaptive rule (:mod:`ig_lightning.auto`).
 
 Example::
 
@@ -18,8 +15,6 @@ Example::
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import functools
 
@@ -36,18 +31,6 @@ METHODS = (
 
 #: Smallest number of points each rule accepts.
 MIN_STEPS = {method: (2 if method == "riemann_trapezoid" else 1) for method in METHODS}
-
-
-class Refinement(NamedTuple):
-    """How to go from an ``n``-point estimate to a finer one.
-
-    The finer estimate is ``old_scale * old_estimate + sum_k weights[k] * g(alphas[k])``.
-    """
-
-    n_steps: int
-    alphas: torch.Tensor
-    weights: torch.Tensor
-    old_scale: float
 
 
 def check_method(method: object) -> str:
@@ -142,67 +125,3 @@ def quadrature_rule(
     method = check_method(method)
     n = check_n_steps(n_steps, method)
     return _as_tensors(*_points_and_weights(method, n), dtype=dtype, device=device)
-
-
-def first_steps(method: str) -> int:
-    """Where ``n_steps="auto"`` starts for ``method``."""
-    return {"riemann_middle": 3, "riemann_trapezoid": 3}.get(check_method(method), 4)
-
-
-def next_steps(method: str, n: int) -> int:
-    """The next, finer size after ``n`` points: one that nests where the rule allows."""
-    if method == "riemann_middle":
-        return 3 * n  # midpoints of n cells are midpoints of 3n cells
-    if method == "riemann_trapezoid":
-        return 2 * n - 1  # halve every interval
-    return 2 * n
-
-
-def _old_points(method: str, m: int) -> np.ndarray:
-    """Which points of the finer ``m``-point rule belong to the coarser one (by index, no rounding)."""
-    j = np.arange(m)
-    if method == "riemann_middle":  # (j + 1/2) / 3n == (k + 1/2) / n  <=>  j == 3k + 1
-        return j % 3 == 1
-    if method == "riemann_right":  # (j + 1) / 2n == (k + 1) / n  <=>  j odd
-        return j % 2 == 1
-    return j % 2 == 0  # riemann_left: j / 2n == k / n; riemann_trapezoid: j / 2(n - 1) == k / (n - 1)
-
-
-def refine(
-    method: str,
-    n: int | None,
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> Refinement:
-    """The new points needed to go from an ``n``-point estimate to the next size.
-
-    Args:
-        method: One of :data:`METHODS`.
-        n: Points of the current estimate, or ``None`` for the first estimate.
-        dtype: Floating dtype of the returned tensors.
-        device: Device of the returned tensors.
-
-    Returns:
-        A :class:`Refinement`; with ``n=None`` it is the whole first rule and ``old_scale`` is 0.
-
-    Example::
-
-        >>> r = refine("riemann_left", 2, dtype=torch.float64)
-        >>> r.n_steps, r.alphas.tolist(), r.weights.tolist(), r.old_scale
-        (4, [0.25, 0.75], [0.25, 0.25], 0.5)
-    """
-    method = check_method(method)
-    if n is None:
-        m = first_steps(method)
-        return Refinement(m, *quadrature_rule(method, m, dtype=dtype, device=device), 0.0)
-    m = next_steps(method, n)
-    alphas, weights = _points_and_weights(method, m)
-    if method == "gausslegendre":
-        return Refinement(m, *_as_tensors(alphas, weights, dtype, device), 0.0)
-    is_new = ~_old_points(method, m)
-    # Nested rules scale every old weight by the same factor: the finer rule's mass on the old points.
-    old_scale = float(weights[~is_new].sum())
-    a = torch.tensor(alphas[is_new], dtype=torch.float64).to(dtype=dtype, device=device)
-    w = torch.tensor(weights[is_new], dtype=torch.float64).to(dtype=dtype, device=device)
-    return Refinement(m, a, w, old_scale)

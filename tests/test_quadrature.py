@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ig_lightning.quadrature import METHODS, MIN_STEPS, quadrature_rule, refine
+from ig_lightning.quadrature import METHODS, MIN_STEPS, quadrature_rule
 
 # Highest polynomial degree each n-point rule integrates exactly on [0, 1].
 EXACT_DEGREE = {
@@ -36,22 +36,6 @@ def test_exact_on_polynomials_up_to_the_rules_degree(method, n):
     alphas, weights = quadrature_rule(method, n, dtype=torch.float64)
     for degree in range(EXACT_DEGREE[method](n) + 1):
         assert float((weights * alphas**degree).sum()) == pytest.approx(1 / (degree + 1), abs=1e-13)
-
-
-@pytest.mark.parametrize("method", METHODS)
-def test_refinement_equals_the_direct_finer_rule(method):
-    def g(a):
-        return torch.exp(torch.sin(3 * a))
-
-    step = refine(method, None, dtype=torch.float64)
-    estimate = (step.weights * g(step.alphas)).sum()
-    for _ in range(3):
-        step = refine(method, step.n_steps, dtype=torch.float64)
-        estimate = step.old_scale * estimate + (step.weights * g(step.alphas)).sum()
-        alphas, weights = quadrature_rule(method, step.n_steps, dtype=torch.float64)
-        assert float(estimate) == pytest.approx(float((weights * g(alphas)).sum()), abs=1e-13)
-        if method != "gausslegendre":  # nested: only the new points are evaluated
-            assert len(step.alphas) < step.n_steps
 
 
 @pytest.mark.parametrize("method", METHODS)
