@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Literal
@@ -22,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from ig_lightning._checks import check_int, check_positive_float
-from ig_lightning.check import OUTPUT_TRANSFORMS, Explainer, on_model, resolve_targets
+from ig_lightning.check import OUTPUT_TRANSFORMS, Explainer, per_token, resolve_targets
 from ig_lightning.drift import DRIFT_METRICS, drift_distances
 from ig_lightning.engine import IGResult
 from ig_lightning.policy import ON_BREACH, AttributionDriftError, BreachPolicy
@@ -364,6 +365,7 @@ class IntegratedGradientsMonitor(Callback):
         self._batch: int | None = None
         self._model_ref: Callable[[], Any] | None = None
         self._kind: str | None = None
+        self._noted: set[str] = set()
 
     @property
     def state_key(self) -> str:
@@ -460,6 +462,7 @@ class IntegratedGradientsMonitor(Callback):
                                         self.output_transform, self.baseline)
             self._explainer.check_baseline(self.probe)
             outputs, layer_values = self._explainer.outputs(pl_module, self.probe, self._batch)
+            self._explainer.check_path(pl_module, self.probe, self._batch, layer_values)
             self._check_outputs(outputs, layer_values)
 
     def _take_probe(self, trainer: Trainer) -> None:
@@ -516,11 +519,15 @@ class IntegratedGradientsMonitor(Callback):
         shape = tuple(primary.shape[1:])
         if layer_values:
             out = layer_values[0]
-            shape = tuple(out.shape[1:-1]) if out.ndim == primary.ndim + 1 else tuple(out.shape[1:])
+            shape = tuple(out.shape[1:-1]) if per_token(out.shape, primary.shape) else tuple(out.shape[1:])
         fake_scores = torch.zeros(min(n, 2), *shape)
-        kind = self._kind = self.kind if self.kind != "auto" else infer_kind(primary, fake_scores, self.layer)
-        if kind == "image" and fake_scores.ndim not in (3, 4):
-            raise ValueError(f"`kind`='image' needs (B, H, W) or (B, C, H, W) attributions, got shape {shape}")
+        kind = self.kind if self.kind != "auto" else infer_kind(primary, fake_scores, self.layer)
+        if kind == "image" and (fake_scores.ndim not in (3, 4) or shape != tuple(primary.shape[1:])):
+            if self.kind == "image":
+                raise ValueError(f"`kind`='image' needs attributions shaped like the input image "
+                                 f"{tuple(primary.shape[1:])}, got {shape} (at `layer`={self.layer!r})")
+            kind = "tabular"  # e.g. a vision transformer's patches: one bar per patch
+        self._kind = kind
         if kind == "text" and (primary.is_floating_point() or self.layer is None):
             raise ValueError("`kind`='text' needs integer token ids attributed at an embedding `layer`")
         features = math.prod(shape)
@@ -530,6 +537,14 @@ class IntegratedGradientsMonitor(Callback):
         vocab = self.vocabulary
         if kind == "text" and isinstance(vocab, list) and int(primary.max()) >= len(vocab):
             raise ValueError(f"`vocabulary` has {len(vocab)} tokens but the probe holds token id {int(primary.max())}")
+        if self.drift_metric == "topk_jaccard" and features <= self.top_k:
+            rank_zero_warn(f"IntegratedGradientsMonitor: drift_metric='topk_jaccard' compares the top_k={self.top_k} "
+                           f"features of each example, but the probe has {features}: it is always 0 (lower top_k)")
+        labels = self.probe_labels
+        if self.target == "auto" and labels is not None and (labels.dtype.is_floating_point or labels.ndim != 1):
+            rank_zero_warn(f"IntegratedGradientsMonitor: the probe's labels ({labels.dtype}, shape "
+                           f"{tuple(labels.shape)}) are not class indices, so target='auto' explains the prediction; "
+                           "if `probe` is a pair of inputs, pass it as ((a, b), None)")
         if self.region is not None:
             try:
                 self.region.expand(shape)
@@ -555,9 +570,21 @@ class IntegratedGradientsMonitor(Callback):
         self._prepare(trainer, pl_module)
         with preserved_rng(pl_module.device):
             record, breaches = self._run_check(trainer, pl_module)
+        self._pass_on_notes()
         if trainer.is_global_zero:  # pictures and files: rank zero only, and never fatal
             self._reporter.write(record)
         self.policy.act(trainer, breaches)
+
+    def _pass_on_notes(self) -> None:
+        """The engine's warnings (examples that did not converge, degenerate deltas), once per kind and run:
+        they would repeat at every check and for every group of examples."""
+        for note in self._explainer.notes:
+            kind = re.sub(r"[\d.e+-]+", "#", note)
+            if kind not in self._noted:
+                self._noted.add(kind)
+                rank_zero_warn(f"IntegratedGradientsMonitor: {note} (said once; `ig/attribution_error_max` and "
+                               "`ig/completeness_error_max` show it at every check)")
+        self._explainer.notes.clear()
 
     # --- the check ---------------------------------------------------------------------------------
 

@@ -74,6 +74,8 @@ class Explainer:
     def __init__(self, inputs: ModelInputs, attribute: Sequence[Name] | None, layer: nn.Module | None,
                  layer_name: str | None, output_transform: Any, baseline: Any) -> None:
         self.layer, self.layer_name, self.transform = layer, layer_name, output_transform
+        self.n = len(inputs)
+        self.notes: list[str] = []  # the engine's warnings during checks, for the monitor to pass on
         self.names = self._choose(inputs, attribute, layer is not None)
         self.others = [name for name in inputs.names if name not in self.names]
         self.baseline = self._order_baseline(baseline)
@@ -118,8 +120,16 @@ class Explainer:
         """The attributed tensors and the others, in the order :meth:`forward` takes them."""
         return tuple(inputs[n] for n in self.names), tuple(inputs[n] for n in self.others)
 
-    def baselines_for(self, device: torch.device) -> Any:
-        move = lambda b: b.to(device) if isinstance(b, torch.Tensor) else b  # noqa: E731
+    def baselines_for(self, device: torch.device, idx: torch.Tensor | None = None) -> Any:
+        """The baseline(s) on ``device``; a per-example baseline (first dimension = the probe's size) is indexed
+        by ``idx``, the probe examples being attributed (a group, a rank's shard)."""
+        def move(b: Any) -> Any:
+            if not isinstance(b, torch.Tensor):
+                return b
+            if idx is not None and b.ndim >= 1 and b.shape[0] == self.n and self.n > 1:
+                b = b[idx.to(b.device)]
+            return b.to(device)
+
         if isinstance(self.baseline, tuple):
             return tuple(move(b) for b in self.baseline)
         if len(self.names) > 1 and isinstance(self.baseline, torch.Tensor):
@@ -152,8 +162,31 @@ class Explainer:
                     layer_values = tap.batch_first_values(len(chunk[0]))
                 else:
                     out = forward(*chunk)
-                outs.append(model_output(out).detach().float().cpu())
+                out = model_output(out)
+                if out.ndim not in (1, 2) or out.shape[0] != len(chunk[0]):
+                    what = "`output_transform`" if self.transform is not None else "the model"
+                    raise ValueError(f"{what} must give one output (B,) or one row of outputs (B, C) per example; "
+                                     f"got shape {tuple(out.shape)} for {len(chunk[0])} examples")
+                outs.append(out.detach().float().cpu())
         return torch.cat(outs), layer_values
+
+    def check_path(self, model: nn.Module, inputs: ModelInputs, batch: int, layer_values: list[torch.Tensor]) -> None:
+        """Run the model on the baseline once: it must run (e.g. a baseline token id inside the vocabulary) and
+        differ from the inputs where attributions are taken, or there is nothing to attribute."""
+        attributed, _ = self.split(inputs)
+        bases = make_baselines(self.baselines_for(torch.device("cpu"), torch.arange(self.n)), attributed)
+        at_baseline = inputs.replace(dict(zip(self.names, bases)))
+        try:
+            _, base_values = self.outputs(model, at_baseline, batch)
+        except Exception as error:  # noqa: BLE001  named and re-raised
+            raise ValueError(f"the model fails on the `baseline` ({type(error).__name__}: {error}); with a `layer`, "
+                             "the baseline holds token ids (0 by default) that must be valid inputs") from error
+        same = all(torch.equal(a, b) for a, b in zip(base_values, layer_values)) if self.layer is not None \
+            else all(torch.equal(a, b) for a, b in zip(attributed, bases))
+        if same:
+            where = f"the output of `layer` {self.layer_name!r}" if self.layer is not None else "the attributed inputs"
+            raise ValueError(f"{where} on the `baseline` equals that on the probe for every example: there is nothing "
+                             f"to attribute (attributed inputs: {self.names}; check `attribute` and `baseline`)")
 
     def attribute(self, trainer: Any, model: nn.Module, inputs: ModelInputs, targets: torch.Tensor | None,
                   **engine_kwargs: Any) -> IGResult:
@@ -189,25 +222,34 @@ class Explainer:
         shard = inputs.map(lambda t: on_model(model, t[idx]))
         attributed, others = self.split(shard)
         device = attributed[0].device
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NonFiniteAttributionWarning)  # the monitor reports it as a breach
-            return integrated_gradients(
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = integrated_gradients(
                 self.forward(model, shard), attributed if len(attributed) > 1 else attributed[0],
                 additional_forward_args=others, target=None if targets is None else targets[idx].to(device),
-                baselines=self.baselines_for(device), layer=self.layer, **engine_kwargs,
+                baselines=self.baselines_for(device, idx), layer=self.layer, **engine_kwargs,
             )
+        # Non-finite attributions are a breach (the monitor's message); the rest is said once per run.
+        self.notes.extend(str(w.message) for w in caught if not issubclass(w.category, NonFiniteAttributionWarning))
+        return result
 
     def scores(self, result: IGResult, inputs: ModelInputs) -> list[torch.Tensor]:
         """One score per input feature for each attributed tensor (float32, CPU); at a layer whose output has one
         more dimension than the input (an embedding), the attribution is summed over that dimension."""
-        out = []
         attributions = result.attributions if isinstance(result.attributions, tuple) else (result.attributions,)
-        for i, a in enumerate(attributions):
-            primary = inputs[self.names[0]] if i == 0 else None
-            if self.layer is not None and primary is not None and a.ndim == primary.ndim + 1:
-                a = a.sum(-1)
-            out.append(a.float())
+        out = [a.float() for a in attributions]
+        if self.layer is not None and per_token(out[0].shape, inputs[self.names[0]].shape):
+            out[0] = out[0].sum(-1)
         return out
+
+
+def per_token(layer_shape: Sequence[int], input_shape: Sequence[int]) -> bool:
+    """Whether attributions at a layer are per token (or patch) and hidden unit, to be summed over the hidden units:
+    an embedding's ``(B, L, H)`` for ids ``(B, L)``, or a transformer's ``(B, T, H)`` for other inputs (a vision
+    transformer's patches)."""
+    if tuple(layer_shape) == tuple(input_shape):
+        return False
+    return len(layer_shape) == len(input_shape) + 1 or len(layer_shape) == 3
 
 
 def _concatenate(parts: list[IGResult]) -> IGResult:

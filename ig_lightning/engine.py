@@ -405,6 +405,8 @@ def integrated_gradients(
     if sync is not None and not callable(sync):
         raise TypeError(f"`sync` must be callable, got {type(sync).__name__}")
     target_t = check_target(target, items[0].shape[0])
+    if auto:
+        tolerance = _reachable_tolerance(tolerance, items[0].device, None if layers else items[0].dtype)
 
     try:
         return _integrated_gradients(
@@ -475,6 +477,25 @@ def _integrated_gradients(
     flat_attr = total if multiply_by_inputs else avg_grad
     attributions = problem.rebuild([t.detach() for t in problem.flat.split(flat_attr)])
     return IGResult(attributions, delta.detach(), error.detach(), steps, evals, estimate)
+
+
+def _reachable_tolerance(tolerance: float, device: torch.device, dtype: torch.dtype | None) -> float:
+    """``tolerance``, raised to what half precision can reach (autocast, or half inputs): there the gradients are
+    only good to ~1%, refining cannot do better and would run to ``max_steps``; a warning says so."""
+    compute = dtype
+    try:
+        if torch.is_autocast_enabled(device.type):
+            compute = torch.get_autocast_dtype(device.type)
+    except (AttributeError, TypeError, RuntimeError):  # older torch: no per-device autocast queries
+        pass
+    if compute is None or compute not in (torch.float16, torch.bfloat16):
+        return tolerance
+    floor = 8 * torch.finfo(compute).eps
+    if tolerance < floor:
+        warnings.warn(f"n_steps='auto' in {compute}: tolerance={tolerance:g} is below what its gradients can "
+                      f"reach; using {floor:g}", RuntimeWarning, stacklevel=3)
+        return floor
+    return tolerance
 
 
 def _integrate_auto(

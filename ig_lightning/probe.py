@@ -150,7 +150,12 @@ def default_unpack(batch: Any) -> tuple[ModelInputs, torch.Tensor | None]:
 
 def unpack_checked(unpack: Unpack, batch: Any) -> tuple[ModelInputs, torch.Tensor | None]:
     """Call ``unpack`` and check what it returns."""
-    out = unpack(batch)
+    try:
+        out = unpack(batch)
+    except Exception as error:
+        if unpack is default_unpack:
+            raise
+        raise ValueError(f"`unpack` raised {type(error).__name__}: {error} on a validation batch") from error
     if not (isinstance(out, tuple) and len(out) == 2):
         raise TypeError(f"`unpack` must return (inputs, labels or None), got {type(out).__name__}")
     inputs, labels = ModelInputs.of(out[0]), out[1]
@@ -186,11 +191,18 @@ def take_probe(
     if not parts:
         raise ValueError("the validation dataloader yielded no batch: cannot take a probe from it")
     first = parts[0][0]
-    inputs = ModelInputs(
-        tuple(torch.cat([x.args[i] for x, _ in parts]) for i in range(len(first.args))),
-        {k: torch.cat([x.kwargs[k] for x, _ in parts]) for k in first.kwargs},
-    )
-    labels = None if any(y is None for _, y in parts) else torch.cat([y for _, y in parts])
+    try:
+        inputs = ModelInputs(
+            tuple(torch.cat([x.args[i] for x, _ in parts]) for i in range(len(first.args))),
+            {k: torch.cat([x.kwargs[k] for x, _ in parts]) for k in first.kwargs},
+        )
+        labels = None if any(y is None for _, y in parts) else torch.cat([y for _, y in parts])
+    except (RuntimeError, KeyError, IndexError) as error:
+        raise ValueError(
+            f"`probe`={n} spans {len(parts)} validation batches that cannot be joined ({error}): batches padded to "
+            "their own longest sequence differ in shape. Use a probe no larger than one batch, or give the probe "
+            "itself (`probe=batch`)"
+        ) from error
     return _to_cpu(inputs, labels, n)
 
 

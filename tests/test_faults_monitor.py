@@ -340,7 +340,7 @@ START_ERRORS = {
                                        ValueError, "`output_transform`='log_softmax' over a model with one output"),
     "model_raises_on_the_probe": ("image", RaisesInEval, dict(probe=4), RuntimeError, "boom in eval"),
     "outputs_not_2d": ("text", PerPosition, dict(probe=4, layer="embedding"), ValueError,
-                       r"outputs must be \(B,\) or \(B, C\)"),
+                       r"the model must give one output \(B,\) or one row of outputs \(B, C\) per example"),
     "unpack_returns_junk": ("image", Net, dict(probe=4, unpack=lambda batch: batch[0]), TypeError,
                             "`unpack` must return"),
 }
