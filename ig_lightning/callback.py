@@ -9,10 +9,9 @@ holds the configuration, the hooks and the state kept across checks.
 from __future__ import annotations
 
 import math
-import numbers
 import re
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Callable, Literal
 
 import torch
@@ -22,12 +21,23 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
+from ig_lightning._arguments import (
+    batch_size_of,
+    check_attribute,
+    check_baseline,
+    check_choice,
+    check_names,
+    check_optional_threshold,
+    check_probe,
+    check_vocabulary,
+    model_fingerprint,
+)
 from ig_lightning._checks import check_int, check_positive_float
 from ig_lightning.check import OUTPUT_TRANSFORMS, Explainer, per_token, resolve_targets
 from ig_lightning.drift import DRIFT_METRICS, drift_distances
 from ig_lightning.engine import IGResult
 from ig_lightning.policy import ON_BREACH, AttributionDriftError, BreachPolicy
-from ig_lightning.probe import ModelInputs, Name, Unpack, default_unpack, first_val_dataloader, take_probe
+from ig_lightning.probe import ModelInputs, Unpack, default_unpack, first_val_dataloader, take_probe
 from ig_lightning.quadrature import check_method, check_n_steps, check_n_steps_or_auto
 from ig_lightning.report import Reporter, logger_step
 from ig_lightning.rules import class_top_features, rule_changes
@@ -41,111 +51,11 @@ REFERENCES = ("previous", "first")
 DELTA_FLOOR = 1e-3
 
 
-def _check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"`{name}` can be {set(choices)}, got {value!r}")
-    return value
-
-
-def _check_optional_threshold(value: Any, name: str) -> float | None:
-    return None if value is None else check_positive_float(value, name, allow_zero=True)
-
-
-def _check_names(value: Any, name: str) -> Sequence[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise TypeError(f"`{name}` must be a list of names, got {type(value).__name__}")
-    if not value:
-        raise ValueError(f"`{name}` must not be empty")
-    return [str(v) for v in value]
-
-
-def _check_vocabulary(value: Any) -> Names:
-    if value is None or callable(value) or callable(getattr(value, "convert_ids_to_tokens", None)):
-        return value
-    return _check_names(value, "vocabulary")
-
-
-def _check_baseline(value: Any, name: str = "baseline") -> Any:
-    """``None``, a finite number, a Tensor, or (several attributed inputs) a tuple/dict of those."""
-    if isinstance(value, list):  # from a config file
-        value = torch.tensor(value)
-    if isinstance(value, Mapping):
-        return {k: _check_baseline(v, f"{name}[{k!r}]") for k, v in value.items()}
-    if isinstance(value, tuple):
-        return tuple(_check_baseline(v, f"{name}[{i}]") for i, v in enumerate(value))
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
-        raise TypeError(f"`{name}` must be None, a number or a Tensor, got {type(value).__name__}")
-    if isinstance(value, numbers.Real) and not math.isfinite(value):
-        raise ValueError(f"`{name}` must be finite, got {value!r}")
-    if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-        raise ValueError(f"`{name}` must be finite, got a Tensor with NaN or infinite values")
-    return value
-
-
-def _check_attribute(value: Any) -> list[Name] | None:
-    if value is None:
-        return None
-    items = [value] if isinstance(value, (str, int)) else value
-    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or not items:
-        raise TypeError(f"`attribute` must be an input name, a position, or a non-empty list of them, got {value!r}")
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, (str, int)):
-            raise TypeError(f"`attribute` entries must be input names (str) or positions (int), got {item!r}")
-    if len(set(items)) != len(items):
-        raise ValueError(f"`attribute` names an input twice: {value!r}")
-    return list(items)
-
-
-def _check_probe(probe: Any) -> tuple[ModelInputs | None, torch.Tensor | None, int]:
-    """``(inputs, labels, size)`` of a given probe, or ``(None, None, n)`` for an int ``n``."""
-    if isinstance(probe, bool):
-        raise TypeError(
-            f"`probe` must be an int, a Tensor, a dict of Tensors or an (inputs, labels) pair, got {probe!r}")
-    if isinstance(probe, numbers.Integral):
-        return None, None, check_int(probe, "probe", minimum=1)
-    labels = None
-    try:
-        if isinstance(probe, (tuple, list)) and len(probe) == 2:  # (inputs, labels); inputs may be a structure
-            inputs, labels = ModelInputs.of(probe[0], "`probe`"), probe[1]
-        elif isinstance(probe, Mapping):
-            inputs, labels = default_unpack(probe)
-        elif isinstance(probe, torch.Tensor):
-            inputs = ModelInputs.of(probe, "`probe`")
-        else:
-            raise TypeError
-    except TypeError:
-        raise TypeError(f"`probe` must be an int, a Tensor, a dict of Tensors or an (inputs, labels) pair, got "
-                        f"{type(probe).__name__}") from None
-    if len(inputs) == 0:
-        raise ValueError("`probe` must hold at least one example")
-    if labels is not None and (not isinstance(labels, torch.Tensor) or labels.ndim == 0 or len(labels) != len(inputs)):
-        raise ValueError(f"`probe` labels must be a Tensor with one label per input ({len(inputs)})")
-    for name, t in inputs.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"`probe` input {name!r} holds NaN or infinite values")
-    inputs = inputs.map(lambda t: t.detach().cpu().clone())
-    return inputs, None if labels is None else labels.detach().cpu().clone(), len(inputs)
-
-
-def _model_fingerprint(module: nn.Module) -> str:
-    shapes = ",".join(f"{n}:{tuple(p.shape)}" for n, p in module.named_parameters())
-    return f"{type(module).__qualname__}[{shapes}]"
-
-
-def _batch_size_of(loader: Any) -> int | None:
-    """The batch size of a DataLoader (or the first of several), if it says."""
-    if isinstance(loader, Mapping):
-        loader = next(iter(loader.values()), None)
-    if isinstance(loader, (list, tuple)):
-        loader = loader[0] if loader else None
-    size = getattr(loader, "batch_size", None)
-    if size is None:
-        size = getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
-    return size if isinstance(size, int) and size > 0 else None
+def _rank_sync(trainer: Trainer, device: torch.device) -> Callable[[int], int]:
+    """``sync(k)``: the largest ``k`` over the ranks, so that every rank runs as many forward passes as the busiest."""
+    def sync(k: int) -> int:
+        return int(trainer.strategy.reduce(torch.tensor(k, device=device), reduce_op="max"))
+    return sync
 
 
 class IntegratedGradientsMonitor(Callback):
@@ -272,13 +182,13 @@ class IntegratedGradientsMonitor(Callback):
         log_images: bool = True,
         color_headroom: float = 4.0,
     ) -> None:
-        self.given_inputs, self.given_labels, self.probe_size = _check_probe(probe)
+        self.given_inputs, self.given_labels, self.probe_size = check_probe(probe)
         if isinstance(target, str):
-            _check_choice(target, "target", TARGETS)
+            check_choice(target, "target", TARGETS)
         elif not callable(target):
             check_int(target, "target", minimum=0)
         self.target = target
-        self.baseline = _check_baseline(baseline)
+        self.baseline = check_baseline(baseline)
         self.method = check_method(method)
         self.n_steps = check_n_steps_or_auto(n_steps, self.method)
         self.internal_batch_size = (
@@ -293,9 +203,9 @@ class IntegratedGradientsMonitor(Callback):
         if layer is not None and not layer.strip():
             raise ValueError(f"`layer` must name a submodule such as 'embedding', got {layer!r} (the whole model)")
         self.layer = layer
-        self.attribute = _check_attribute(attribute)
+        self.attribute = check_attribute(attribute)
         if isinstance(output_transform, str):
-            _check_choice(output_transform, "output_transform", tuple(OUTPUT_TRANSFORMS))
+            check_choice(output_transform, "output_transform", tuple(OUTPUT_TRANSFORMS))
         elif output_transform is not None and not callable(output_transform):
             raise TypeError(f"`output_transform` must be a name or a callable, got {type(output_transform).__name__}")
         self.output_transform = output_transform
@@ -303,11 +213,11 @@ class IntegratedGradientsMonitor(Callback):
             raise TypeError(f"`unpack` must be callable, got {type(unpack).__name__}")
         self.unpack = unpack or default_unpack
         self.every_n_epochs = check_int(every_n_epochs, "every_n_epochs", minimum=1)
-        self.drift_metric = _check_choice(drift_metric, "drift_metric", DRIFT_METRICS)
-        self.drift_reference = _check_choice(drift_reference, "drift_reference", REFERENCES)
-        self.drift_threshold = _check_optional_threshold(drift_threshold, "drift_threshold")
-        self.completeness_threshold = _check_optional_threshold(completeness_threshold, "completeness_threshold")
-        self.attribution_error_threshold = _check_optional_threshold(attribution_error_threshold,
+        self.drift_metric = check_choice(drift_metric, "drift_metric", DRIFT_METRICS)
+        self.drift_reference = check_choice(drift_reference, "drift_reference", REFERENCES)
+        self.drift_threshold = check_optional_threshold(drift_threshold, "drift_threshold")
+        self.completeness_threshold = check_optional_threshold(completeness_threshold, "completeness_threshold")
+        self.attribution_error_threshold = check_optional_threshold(attribution_error_threshold,
                                                                      "attribution_error_threshold")
         if self.attribution_error_threshold is not None and self.n_steps != "auto":
             raise ValueError("`attribution_error_threshold` needs n_steps='auto' (fixed rules give no error estimate)")
@@ -318,20 +228,20 @@ class IntegratedGradientsMonitor(Callback):
         if region is not None and not bool(region.any()):
             raise ValueError("`region` must select at least one feature, got an all-False mask")
         self.region = region
-        self.region_threshold = _check_optional_threshold(region_threshold, "region_threshold")
+        self.region_threshold = check_optional_threshold(region_threshold, "region_threshold")
         if self.region_threshold is not None and region is None:
             raise ValueError("`region_threshold` needs a `region` mask")
         self.warmup = check_int(warmup, "warmup", minimum=0)
         self.patience = check_int(patience, "patience", minimum=1)
-        self.on_breach = _check_choice(on_breach, "on_breach", ON_BREACH)
+        self.on_breach = check_choice(on_breach, "on_breach", ON_BREACH)
         self.top_k = check_int(top_k, "top_k", minimum=1)
         if not isinstance(autocast, bool):
             raise TypeError(f"`autocast` must be a bool, got {autocast!r}")
         self.autocast = autocast
-        self.kind = _check_choice(kind, "kind", VIEW_KINDS)
-        self.vocabulary = _check_vocabulary(vocabulary)
-        self.feature_names = _check_names(feature_names, "feature_names")
-        self.class_names = _check_names(class_names, "class_names")
+        self.kind = check_choice(kind, "kind", VIEW_KINDS)
+        self.vocabulary = check_vocabulary(vocabulary)
+        self.feature_names = check_names(feature_names, "feature_names")
+        self.class_names = check_names(class_names, "class_names")
         self.max_images = check_int(max_images, "max_images", minimum=1)
         if not isinstance(log_images, bool):
             raise TypeError(f"`log_images` must be a bool, got {log_images!r}")
@@ -402,7 +312,7 @@ class IntegratedGradientsMonitor(Callback):
                 names = [n for n, _ in pl_module.named_modules() if n][:20]
                 raise ValueError(f"`layer` {self.layer!r} is not a submodule of the model; some names: {names}") \
                     from None
-        fingerprint = _model_fingerprint(pl_module)
+        fingerprint = model_fingerprint(pl_module)
         previous = self._model_ref() if self._model_ref is not None else None
         if (previous is not None and previous is not pl_module) or \
                 (self._model_fingerprint is not None and self._model_fingerprint != fingerprint):
@@ -499,8 +409,8 @@ class IntegratedGradientsMonitor(Callback):
         if self.internal_batch_size is not None:
             return self.internal_batch_size
         loaders = [getattr(trainer.fit_loop, "_combined_loader", None)] if trainer.state.fn == "fit" else []
-        sizes = [_batch_size_of(getattr(cl, "iterables", None)) for cl in loaders if cl is not None]
-        sizes.append(_batch_size_of(trainer.val_dataloaders))
+        sizes = [batch_size_of(getattr(cl, "iterables", None)) for cl in loaders if cl is not None]
+        sizes.append(batch_size_of(trainer.val_dataloaders))
         return next((s for s in sizes if s), len(self.probe))
 
     def _check_outputs(self, outputs: torch.Tensor, layer_values: list[torch.Tensor]) -> None:
@@ -623,10 +533,7 @@ class IntegratedGradientsMonitor(Callback):
         device = pl_module.device
         precision = trainer.precision_plugin.forward_context() if self.autocast else \
             torch.autocast(device.type, enabled=False)
-        sync = None
-        if trainer.world_size > 1 and self.n_steps == "auto":
-            def sync(k: int) -> int:  # every rank runs as many forward passes as the busiest one
-                return int(trainer.strategy.reduce(torch.tensor(k, device=device), reduce_op="max"))
+        sync = _rank_sync(trainer, device) if trainer.world_size > 1 and self.n_steps == "auto" else None
         with eval_mode(pl_module), precision:
             return self._explainer.attribute(
                 trainer, pl_module, self.probe, self.targets, n_steps=self.n_steps, method=self.method,
