@@ -115,3 +115,18 @@ def token_data(n: int = 48, length: int = 7, vocab: int = 12, classes: int = 3, 
 def token_loaders(batch_size: int = 8, **kw):
     data = token_data(**kw)
     return DataLoader(data, batch_size=batch_size, shuffle=True), DataLoader(data, batch_size=batch_size)
+
+
+def worker_main(main) -> None:
+    """``main(mode, out_dir)`` of a DDP worker script, from its command line, ending the process group after it.
+
+    Lightning leaves the process group alive; tearing gloo down at interpreter exit can abort ("terminate
+    called without an active exception"), so it is ended here.
+    """
+    import sys
+
+    try:
+        main(sys.argv[1], sys.argv[2])
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

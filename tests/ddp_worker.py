@@ -3,10 +3,9 @@
 Lightning's "ddp" strategy re-launches this script for rank 1, so everything happens at import-free top level.
 """
 
-import sys
 
 import torch
-from conftest import TinyCNN, TokenModel, loaders, make_data, token_loaders, trainer
+from conftest import TinyCNN, TokenModel, loaders, make_data, token_loaders, trainer, worker_main
 
 from ig_lightning import IntegratedGradientsMonitor
 
@@ -55,10 +54,4 @@ def main(mode: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1], sys.argv[2])
-    finally:
-        # Lightning leaves the process group alive; tearing gloo down at interpreter exit can abort
-        # ("terminate called without an active exception"), so end it here.
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    worker_main(main)

@@ -11,11 +11,10 @@ Modes:
 
 import errno
 import os
-import sys
 import warnings
 
 import torch
-from conftest import TinyCNN, loaders, trainer
+from conftest import TinyCNN, loaders, trainer, worker_main
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard import SummaryWriter
 
@@ -71,9 +70,4 @@ def main(mode: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1], sys.argv[2])
-    finally:
-        # Lightning leaves the process group alive; tearing gloo down at interpreter exit can abort.
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    worker_main(main)
