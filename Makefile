@@ -22,6 +22,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.bench_engine
 	$(PY) -m benchmarks.bench_auto
+	$(PY) -m benchmarks.bench_auto_models
 	$(PY) -m benchmarks.bench_overhead
 	$(PY) -m benchmarks.bench_memory
 
