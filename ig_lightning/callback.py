@@ -8,7 +8,6 @@ holds the configuration, the hooks and the state kept across checks.
 
 from __future__ import annotations
 
-import math
 import re
 import weakref
 from collections.abc import Sequence
@@ -21,8 +20,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
+from ig_lightning import preflight
 from ig_lightning._arguments import (
-    batch_size_of,
     check_attribute,
     check_baseline,
     check_choice,
@@ -33,7 +32,7 @@ from ig_lightning._arguments import (
     model_fingerprint,
 )
 from ig_lightning._checks import check_int, check_positive_float
-from ig_lightning.check import OUTPUT_TRANSFORMS, Explainer, per_token, resolve_targets
+from ig_lightning.check import OUTPUT_TRANSFORMS, Explainer, find_faults, resolve_targets
 from ig_lightning.drift import DRIFT_METRICS, drift_distances
 from ig_lightning.engine import IGResult
 from ig_lightning.policy import ON_BREACH, AttributionDriftError, BreachPolicy
@@ -42,7 +41,7 @@ from ig_lightning.quadrature import check_method, check_n_steps, check_n_steps_o
 from ig_lightning.report import Reporter, logger_step
 from ig_lightning.rules import class_top_features, rule_changes
 from ig_lightning.safety import eval_mode, preserved_rng
-from ig_lightning.views import VIEW_KINDS, CheckRecord, ImageView, Names, TabularView, TextView, View, infer_kind
+from ig_lightning.views import VIEW_KINDS, CheckRecord, ImageView, Names, TabularView, TextView, View
 
 __all__ = ["AttributionDriftError", "IntegratedGradientsMonitor"]
 
@@ -335,31 +334,12 @@ class IntegratedGradientsMonitor(Callback):
         self.policy.streak = 0
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._warn_if_never_checking(trainer, pl_module)
-        if self._should_check_ever(trainer, pl_module):
+        if preflight.will_check(trainer, pl_module, self.every_n_epochs):
             self._prepare(trainer, pl_module)
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.state.fn != "fit" and not trainer.sanity_checking:
             self._prepare(trainer, pl_module)
-
-    def _should_check_ever(self, trainer: Trainer, pl_module: LightningModule) -> bool:
-        # No validation loop (no validation_step, or limit_val_batches=0): Lightning never calls the check.
-        overridden = type(pl_module).validation_step is not LightningModule.validation_step
-        return overridden and trainer.limit_val_batches != 0
-
-    def _warn_if_never_checking(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self._should_check_ever(trainer, pl_module):
-            rank_zero_warn("IntegratedGradientsMonitor: validation never runs in this fit (no `validation_step` or "
-                           "`limit_val_batches=0`), so the monitor never checks")
-            return
-        max_epochs, every_val = trainer.max_epochs, trainer.check_val_every_n_epoch
-        if max_epochs is not None and max_epochs > 0 and every_val is not None:
-            checked = [e for e in range(trainer.current_epoch, max_epochs)
-                       if (e + 1) % every_val == 0 and (e + 1) % self.every_n_epochs == 0]
-            if not checked:
-                rank_zero_warn(f"IntegratedGradientsMonitor: with max_epochs={max_epochs}, check_val_every_n_epoch="
-                               f"{every_val} and every_n_epochs={self.every_n_epochs} the monitor never checks")
 
     def _prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Take the probe and check it against the model once, before any training step (cheap: no gradients)."""
@@ -367,20 +347,20 @@ class IntegratedGradientsMonitor(Callback):
             return
         with preserved_rng(pl_module.device):
             self._take_probe(trainer)
-            self._batch = self._points_per_forward(trainer)
+            self._batch = preflight.points_per_forward(trainer, self.internal_batch_size, len(self.probe))
             self._explainer = Explainer(self.probe, self.attribute, self._layer_module, self.layer,
                                         self.output_transform, self.baseline)
             self._explainer.check_baseline(self.probe)
             outputs, layer_values = self._explainer.outputs(pl_module, self.probe, self._batch)
             self._explainer.check_path(pl_module, self.probe, self._batch, layer_values)
-            self._check_outputs(outputs, layer_values)
+            self._kind = preflight.check_outputs(self, outputs, layer_values)
 
     def _take_probe(self, trainer: Trainer) -> None:
         if self.probe is not None:
             return
         loader = first_val_dataloader(trainer.val_dataloaders)
         if loader is None and trainer.state.fn == "fit":
-            loader = self._request_val_dataloader(trainer)
+            loader = preflight.request_val_dataloader(trainer)
         if loader is None:
             raise ValueError("`probe` is an int but the trainer has no validation dataloader to take it from: pass "
                              "`val_dataloaders` (or a datamodule with `val_dataloader`), or a Tensor probe")
@@ -391,76 +371,6 @@ class IntegratedGradientsMonitor(Callback):
         # Map-style datasets give every rank the same probe; broadcasting also covers iterable ones.
         inputs_state, labels = trainer.strategy.broadcast((inputs.state(), labels), src=0)
         self.probe, self.probe_labels = ModelInputs.from_state(inputs_state), labels
-
-    @staticmethod
-    def _request_val_dataloader(trainer: Trainer) -> Any:
-        # With check_val_every_n_epoch > 1 and no sanity check, Lightning loads the validation data only at
-        # the first validation; load it now, as Lightning itself does at the start of fit.
-        val_loop = trainer.fit_loop.epoch_loop.val_loop
-        training = trainer.training
-        try:
-            trainer.validating = True
-            val_loop.setup_data()
-        finally:
-            trainer.training = training
-        return first_val_dataloader(trainer.val_dataloaders)
-
-    def _points_per_forward(self, trainer: Trainer) -> int:
-        if self.internal_batch_size is not None:
-            return self.internal_batch_size
-        loaders = [getattr(trainer.fit_loop, "_combined_loader", None)] if trainer.state.fn == "fit" else []
-        sizes = [batch_size_of(getattr(cl, "iterables", None)) for cl in loaders if cl is not None]
-        sizes.append(batch_size_of(trainer.val_dataloaders))
-        return next((s for s in sizes if s), len(self.probe))
-
-    def _check_outputs(self, outputs: torch.Tensor, layer_values: list[torch.Tensor]) -> None:
-        """Everything the model's outputs on the probe settle: targets, transform, names, kind, region."""
-        n = len(self.probe)
-        single = outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] == 1)
-        if single and self.output_transform in ("softmax", "log_softmax"):
-            raise ValueError(f"`output_transform`={self.output_transform!r} over a model with one output per example "
-                             "normalises over nothing (always 1 / 0): use 'sigmoid' or no transform")
-        # Targets are fixed at the first check; resolving them now only checks them (labels in range, ...).
-        resolve_targets(self.target, outputs, None if self.target == "prediction" else self.probe_labels)
-        n_classes = None if single else outputs.shape[1]
-        if self.class_names is not None and n_classes is not None and len(self.class_names) != n_classes:
-            raise ValueError(f"`class_names` has {len(self.class_names)} names but the model has {n_classes} outputs")
-        primary = self.probe[self._explainer.names[0]]
-        shape = tuple(primary.shape[1:])
-        if layer_values:
-            out = layer_values[0]
-            shape = tuple(out.shape[1:-1]) if per_token(out.shape, primary.shape) else tuple(out.shape[1:])
-        fake_scores = torch.zeros(min(n, 2), *shape)
-        kind = self.kind if self.kind != "auto" else infer_kind(primary, fake_scores, self.layer)
-        if kind == "image" and (fake_scores.ndim not in (3, 4) or shape != tuple(primary.shape[1:])):
-            if self.kind == "image":
-                raise ValueError(f"`kind`='image' needs attributions shaped like the input image "
-                                 f"{tuple(primary.shape[1:])}, got {shape} (at `layer`={self.layer!r})")
-            kind = "tabular"  # e.g. a vision transformer's patches: one bar per patch
-        self._kind = kind
-        if kind == "text" and (primary.is_floating_point() or self.layer is None):
-            raise ValueError("`kind`='text' needs integer token ids attributed at an embedding `layer`")
-        features = math.prod(shape)
-        if kind == "tabular" and self.feature_names is not None and len(self.feature_names) != features:
-            raise ValueError(f"`feature_names` has {len(self.feature_names)} names but the inputs have {features} "
-                             "features")
-        vocab = self.vocabulary
-        if kind == "text" and isinstance(vocab, list) and int(primary.max()) >= len(vocab):
-            raise ValueError(f"`vocabulary` has {len(vocab)} tokens but the probe holds token id {int(primary.max())}")
-        if self.drift_metric == "topk_jaccard" and features <= self.top_k:
-            rank_zero_warn(f"IntegratedGradientsMonitor: drift_metric='topk_jaccard' compares the top_k={self.top_k} "
-                           f"features of each example, but the probe has {features}: it is always 0 (lower top_k)")
-        labels = self.probe_labels
-        if self.target == "auto" and labels is not None and (labels.dtype.is_floating_point or labels.ndim != 1):
-            rank_zero_warn(f"IntegratedGradientsMonitor: the probe's labels ({labels.dtype}, shape "
-                           f"{tuple(labels.shape)}) are not class indices, so target='auto' explains the prediction; "
-                           "if `probe` is a pair of inputs, pass it as ((a, b), None)")
-        if self.region is not None:
-            try:
-                self.region.expand(shape)
-            except RuntimeError:
-                raise ValueError(f"`region` of shape {tuple(self.region.shape)} does not broadcast to one example's "
-                                 f"scores {shape}") from None
 
     # --- when to check -----------------------------------------------------------------------------
 
@@ -517,7 +427,7 @@ class IntegratedGradientsMonitor(Callback):
         display = self.probe[explainer.names[0]]
         record = CheckRecord(logger_step(trainer), trainer.current_epoch, display, self.targets, scores,
                              self.scales, relative, self.rules, changes, self._token_mask(display))
-        faults = self._faults(result, finite, trainer.current_epoch)
+        faults = find_faults(self.probe, result.delta, finite, trainer.current_epoch)
         return record, self.policy.find(metrics, self.checks, trainer.current_epoch, faults)
 
     def _ensure_targets(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -580,25 +490,6 @@ class IntegratedGradientsMonitor(Callback):
         if self.scales is None:
             self.scales = torch.full_like(scale, float("nan"))
         self.scales = torch.where(finite & torch.isnan(self.scales), scale, self.scales)
-
-    def _faults(self, result: IGResult, finite: torch.Tensor, epoch: int) -> list[str]:
-        """Which examples are not finite, and where it comes from: the probe, the model's outputs, or its gradients."""
-        if bool(finite.all()):
-            return []
-        bad_input = torch.zeros_like(finite)
-        for _, t in self.probe.items():
-            if t.is_floating_point():
-                bad_input |= ~torch.isfinite(t.reshape(len(t), -1)).all(1)
-        bad_output = ~torch.isfinite(result.delta) & ~bad_input
-        bad_gradient = ~finite & ~bad_input & ~bad_output
-        found = []
-        for mask, where in ((bad_input, "the probe inputs"), (bad_output, "the model's outputs F(x) or F(baseline)"),
-                            (bad_gradient, "the model's gradients")):
-            idx = mask.nonzero().flatten().tolist()
-            if idx:
-                found.append(f"attributions are NaN or infinite at epoch {epoch} for {len(idx)} of {len(finite)} "
-                             f"probe examples {idx[:10]}: the values come from {where}")
-        return found
 
     def _update_rules(self, trainer: Trainer, scores: torch.Tensor,
                       finite: torch.Tensor) -> dict[int, dict[str, list[int]]] | None:

@@ -302,3 +302,24 @@ def resolve_targets(target: Any, outputs: torch.Tensor, labels: torch.Tensor | N
         raise ValueError(f"{source} must be class indices in [0, {n_classes - 1}] for a model with {n_classes} "
                          f"outputs, got {chosen[bad].unique()[:5].tolist()}")
     return chosen
+
+
+def find_faults(inputs: ModelInputs, delta: torch.Tensor, finite: torch.Tensor, epoch: int) -> list[str]:
+    """Which probe examples have non-finite attributions, and where that comes from: the probe's inputs, the
+    model's outputs (``delta``), or its gradients. One message per source; none when ``finite`` is all True."""
+    if bool(finite.all()):
+        return []
+    bad_input = torch.zeros_like(finite)
+    for _, t in inputs.items():
+        if t.is_floating_point():
+            bad_input |= ~torch.isfinite(t.reshape(len(t), -1)).all(1)
+    bad_output = ~torch.isfinite(delta) & ~bad_input
+    bad_gradient = ~finite & ~bad_input & ~bad_output
+    found = []
+    for mask, where in ((bad_input, "the probe inputs"), (bad_output, "the model's outputs F(x) or F(baseline)"),
+                        (bad_gradient, "the model's gradients")):
+        idx = mask.nonzero().flatten().tolist()
+        if idx:
+            found.append(f"attributions are NaN or infinite at epoch {epoch} for {len(idx)} of {len(finite)} "
+                         f"probe examples {idx[:10]}: the values come from {where}")
+    return found
