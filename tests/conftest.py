@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import socket
 import warnings
+from collections.abc import Iterator
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -130,3 +132,12 @@ def worker_main(main) -> None:
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny models run many small ops: one thread is faster and steadier on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

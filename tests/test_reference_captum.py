@@ -21,7 +21,7 @@ so its attributions are scaled down by that factor. The rule is checked by its o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
 import torch
@@ -156,13 +156,7 @@ def _assert_close(name: str, ours: torch.Tensor, theirs: torch.Tensor) -> None:
     )
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run many small ops: one thread is faster and steadier on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("config_name", list(CONFIGS))

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -393,13 +393,7 @@ def _describe(value: Any) -> str:
     return f"Tensor{tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run many small ops: one thread is faster and steadier on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.filterwarnings("ignore:Multiple layers provided:UserWarning")  # captum's, on sibling layers
