@@ -1,14 +1,17 @@
 """ig-lightning: Integrated Gradients for PyTorch Lightning, computed while you train.
 
+The engine (:mod:`ig_lightning.functional`) imports no Lightning; the monitor (:mod:`ig_lightning.monitor`) is
+imported on first use, so ``from ig_lightning import integrated_gradients`` stays Lightning-free.
+
 Example::
 
     >>> from ig_lightning import IntegratedGradientsMonitor, integrated_gradients
     >>> monitor = IntegratedGradientsMonitor(probe=16, n_steps=32)
 """
 
-from ig_lightning.callback import AttributionDriftError, IntegratedGradientsMonitor
-from ig_lightning.engine import IGResult, NonFiniteAttributionWarning, integrated_gradients
-from ig_lightning.quadrature import METHODS, quadrature_rule
+from typing import Any
+
+from ig_lightning.functional import METHODS, IGResult, NonFiniteAttributionWarning, integrated_gradients, quadrature_rule
 
 __all__ = [
     "METHODS",
@@ -20,3 +23,18 @@ __all__ = [
     "quadrature_rule",
 ]
 __version__ = "0.1.0"
+
+_MONITOR_NAMES = ("AttributionDriftError", "IntegratedGradientsMonitor")
+
+
+def __getattr__(name: str) -> Any:
+    """The monitor's names, imported (with Lightning) only when asked for."""
+    if name in _MONITOR_NAMES:
+        from ig_lightning import monitor
+
+        return getattr(monitor, name)
+    raise AttributeError(f"module 'ig_lightning' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_MONITOR_NAMES])

@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard import SummaryWriter
 
 from ig_lightning import IntegratedGradientsMonitor
-from ig_lightning import report as report_module
+from ig_lightning.output import report as report_module
 
 
 class NaNInEval(TinyCNN):

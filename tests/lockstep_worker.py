@@ -50,7 +50,7 @@ def mlp(activation, seed=0, width=16, scale=2.0):
 
 
 def work(rank: int, out: str) -> None:
-    from ig_lightning.auto import integrate_auto  # here, not at the top: the parent process never needs it
+    from ig_lightning.functional.adaptive import integrate_auto  # here, not at the top: the parent process never needs it
 
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:

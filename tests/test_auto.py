@@ -1,4 +1,4 @@
-"""``n_steps="auto"`` (ig_lightning.auto): the per-feature error estimate, its accounting, and rank lockstep."""
+"""``n_steps="auto"`` (ig_lightning.functional.adaptive): the per-feature error estimate, its accounting, and rank lockstep."""
 
 import math
 import os
@@ -11,7 +11,7 @@ from conftest import free_port
 from lockstep_worker import CountingPath, mlp
 from torch import nn
 
-from ig_lightning.auto import integrate_auto
+from ig_lightning.functional.adaptive import integrate_auto
 
 METHODS = ["gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right"]
 # auto does the same for every rule (the rule only matters for a fixed n_steps): two are enough below.

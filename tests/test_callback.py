@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import DataLoader
 
 from ig_lightning import AttributionDriftError, IntegratedGradientsMonitor, integrated_gradients
-from ig_lightning.safety import eval_mode
+from ig_lightning.monitor._isolation import eval_mode
 
 
 def fit(tmp_path, monitor=None, seed=0, max_epochs=2, callbacks=(), **kw):

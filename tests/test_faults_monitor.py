@@ -32,8 +32,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 
 from ig_lightning import AttributionDriftError, IntegratedGradientsMonitor
-from ig_lightning import report as report_module
-from ig_lightning import views as views_module
+from ig_lightning.output import report as report_module
+from ig_lightning.output import views as views_module
 
 WORKER = os.path.join(os.path.dirname(__file__), "fault_worker.py")
 NAN = float("nan")

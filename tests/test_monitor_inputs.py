@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ig_lightning import IntegratedGradientsMonitor, integrated_gradients
-from ig_lightning.probe import ModelInputs, default_unpack
+from ig_lightning.monitor.probe import ModelInputs, default_unpack
 
 
 class TwoInputs(LightningModule):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ig_lightning.quadrature import METHODS, MIN_STEPS, quadrature_rule
+from ig_lightning.functional.quadrature import METHODS, MIN_STEPS, quadrature_rule
 
 # Highest polynomial degree each n-point rule integrates exactly on [0, 1].
 EXACT_DEGREE = {

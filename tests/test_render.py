@@ -1,4 +1,4 @@
-"""Tests for ig_lightning.render: colours, grids and text pictures."""
+"""Tests for ig_lightning.output.render: colours, grids and text pictures."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ig_lightning.render import (
+from ig_lightning.output.render import (
     bar_chart,
     colorize_signed,
     diverging_lut,

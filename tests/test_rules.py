@@ -1,11 +1,11 @@
-"""Tests for ig_lightning.rules: per-class top features and their changes."""
+"""Tests for ig_lightning.functional.rules: per-class top features and their changes."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ig_lightning.rules import class_mean_maps, class_top_features, rule_changes, rules_markdown
+from ig_lightning.functional.rules import class_mean_maps, class_top_features, rule_changes, rules_markdown
 
 
 def planted() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

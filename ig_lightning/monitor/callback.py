@@ -1,8 +1,8 @@
 """The Lightning callback: Integrated Gradients on a fixed probe batch, every validation epoch.
 
-Data flows one way: the probe (:mod:`ig_lightning.probe`) -> a check (:mod:`ig_lightning.check`, the
-engine) -> a :class:`~ig_lightning.views.CheckRecord` -> scalars (``pl_module.log``), the breach policy
-(:mod:`ig_lightning.policy`) and rank-zero pictures (:mod:`ig_lightning.report`). This module only
+Data flows one way: the probe (:mod:`ig_lightning.monitor.probe`) -> a check (:mod:`ig_lightning.monitor.explainer`, the
+engine) -> a :class:`~ig_lightning.output.views.CheckRecord` -> scalars (``pl_module.log``), the breach policy
+(:mod:`ig_lightning.monitor.policy`) and rank-zero pictures (:mod:`ig_lightning.output.report`). This module only
 holds the configuration, the hooks and the state kept across checks.
 """
 
@@ -20,8 +20,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from ig_lightning import preflight
-from ig_lightning._arguments import (
+from ig_lightning.monitor import preflight
+from ig_lightning.monitor.config import (
     check_attribute,
     check_baseline,
     check_choice,
@@ -31,17 +31,17 @@ from ig_lightning._arguments import (
     check_vocabulary,
     model_fingerprint,
 )
-from ig_lightning._checks import check_int, check_positive_float
-from ig_lightning.check import OUTPUT_TRANSFORMS, Explainer, find_faults, resolve_targets
-from ig_lightning.drift import DRIFT_METRICS, drift_distances
-from ig_lightning.engine import IGResult
-from ig_lightning.policy import ON_BREACH, AttributionDriftError, BreachPolicy
-from ig_lightning.probe import ModelInputs, Unpack, default_unpack, first_val_dataloader, take_probe
-from ig_lightning.quadrature import check_method, check_n_steps, check_n_steps_or_auto
-from ig_lightning.report import Reporter, logger_step
-from ig_lightning.rules import class_top_features, rule_changes
-from ig_lightning.safety import eval_mode, preserved_rng
-from ig_lightning.views import VIEW_KINDS, CheckRecord, ImageView, Names, TabularView, TextView, View
+from ig_lightning._validation import check_int, check_positive_float
+from ig_lightning.monitor.explainer import OUTPUT_TRANSFORMS, Explainer, find_faults, resolve_targets
+from ig_lightning.functional.drift import DRIFT_METRICS, drift_distances
+from ig_lightning.functional.integrated_gradients import IGResult
+from ig_lightning.monitor.policy import ON_BREACH, AttributionDriftError, BreachPolicy
+from ig_lightning.monitor.probe import ModelInputs, Unpack, default_unpack, first_val_dataloader, take_probe
+from ig_lightning.functional.quadrature import check_method, check_n_steps, check_n_steps_or_auto
+from ig_lightning.output.report import Reporter, logger_step
+from ig_lightning.functional.rules import class_top_features, rule_changes
+from ig_lightning.monitor._isolation import eval_mode, preserved_rng
+from ig_lightning.output.views import VIEW_KINDS, CheckRecord, ImageView, Names, TabularView, TextView, View
 
 __all__ = ["AttributionDriftError", "IntegratedGradientsMonitor"]
 

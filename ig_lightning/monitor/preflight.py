@@ -13,10 +13,10 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
-from ig_lightning._arguments import batch_size_of
-from ig_lightning.check import per_token, resolve_targets
-from ig_lightning.probe import first_val_dataloader
-from ig_lightning.views import infer_kind
+from ig_lightning.monitor.config import batch_size_of
+from ig_lightning.monitor.explainer import per_token, resolve_targets
+from ig_lightning.monitor.probe import first_val_dataloader
+from ig_lightning.output.views import infer_kind
 
 
 def will_check(trainer: Trainer, pl_module: LightningModule, every_n_epochs: int) -> bool:

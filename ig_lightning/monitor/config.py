@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ig_lightning._checks import check_int, check_positive_float
-from ig_lightning.probe import ModelInputs, Name, default_unpack
-from ig_lightning.views import Names
+from ig_lightning._validation import check_int, check_positive_float
+from ig_lightning.monitor.probe import ModelInputs, Name, default_unpack
+from ig_lightning.output.views import Names
 
 
 def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:

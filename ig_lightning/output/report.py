@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from lightning.pytorch.utilities import rank_zero_warn
 
-from ig_lightning.views import CheckRecord, View, log_common
+from ig_lightning.output.views import CheckRecord, View, log_common
 
 
 def logger_step(trainer: Any) -> int:

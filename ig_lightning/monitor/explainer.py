@@ -14,12 +14,12 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ig_lightning._checks import check_target
-from ig_lightning._layer import tap_layers
-from ig_lightning._structure import make_baselines, model_output
-from ig_lightning.engine import IGResult, NonFiniteAttributionWarning, integrated_gradients
-from ig_lightning.probe import LAYER_INPUT_KEYS, ModelInputs, Name
-from ig_lightning.safety import eval_mode
+from ig_lightning._validation import check_target
+from ig_lightning.functional._hooks import tap_layers
+from ig_lightning.functional._inputs import make_baselines, model_output
+from ig_lightning.functional.integrated_gradients import IGResult, NonFiniteAttributionWarning, integrated_gradients
+from ig_lightning.monitor.probe import LAYER_INPUT_KEYS, ModelInputs, Name
+from ig_lightning.monitor._isolation import eval_mode
 
 OUTPUT_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "softmax": lambda out: out.softmax(-1),

@@ -53,7 +53,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from ig_lightning.quadrature import quadrature_rule
+from ig_lightning.functional.quadrature import quadrature_rule
 
 __all__ = ["AutoResult", "Path", "integrate_auto"]
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ig_lightning._checks import check_int
+from ig_lightning._validation import check_int
 
 REDUCTIONS = ("sum", "mean")
 

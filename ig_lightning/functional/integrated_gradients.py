@@ -1,7 +1,7 @@
 """Integrated Gradients in plain PyTorch: no Lightning needed.
 
 ``IG_i(x) = (x_i - x'_i) * integral_0^1 dF(x' + a (x - x')) / dx_i da``, computed with a
-quadrature rule from :mod:`ig_lightning.quadrature`. Every point of every example is an
+quadrature rule from :mod:`ig_lightning.functional.quadrature`. Every point of every example is an
 independent forward+backward, so points are batched (``internal_batch_size`` caps a batch).
 Several inputs (or a layer's several tensors) are integrated together along one straight path.
 
@@ -27,11 +27,11 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from ig_lightning._checks import check_int, check_positive_float, check_target
-from ig_lightning._layer import LayerTap, tap_layers
-from ig_lightning._structure import Extras, Flat, check_inputs, make_baselines, select_outputs
-from ig_lightning.auto import integrate_auto
-from ig_lightning.quadrature import check_method, check_n_steps, check_n_steps_or_auto, quadrature_rule
+from ig_lightning._validation import check_int, check_positive_float, check_target
+from ig_lightning.functional._hooks import LayerTap, tap_layers
+from ig_lightning.functional._inputs import Extras, Flat, check_inputs, make_baselines, select_outputs
+from ig_lightning.functional.adaptive import integrate_auto
+from ig_lightning.functional.quadrature import check_method, check_n_steps, check_n_steps_or_auto, quadrature_rule
 
 __all__ = ["IGResult", "NonFiniteAttributionWarning", "integrated_gradients"]
 
@@ -331,7 +331,7 @@ def integrated_gradients(
         n_steps: Points of the quadrature rule, or ``"auto"``: refine each example until the estimated relative
             L2 error of its attributions against the exact integral is within ``tolerance`` and they add up to
             ``delta`` within ``tolerance * max(|delta|, delta_floor)``, or ``max_steps`` is reached (see
-            :mod:`ig_lightning.auto`: an adaptive trapezoid that bisects where the path bends; the estimate is in
+            :mod:`ig_lightning.functional.adaptive`: an adaptive trapezoid that bisects where the path bends; the estimate is in
             ``attribution_error``).
         method: ``riemann_left``, ``riemann_right``, ``riemann_middle``, ``riemann_trapezoid`` or
             ``gausslegendre`` (captum's names), for a fixed ``n_steps``; ``"auto"`` uses its own rule.

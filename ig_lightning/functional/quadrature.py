@@ -4,7 +4,7 @@ A rule is a set of points ``alphas`` in [0, 1] and weights summing to one, so th
 ``integral_0^1 g(a) da ~= sum_k weights[k] * g(alphas[k])``. The rules are kept apart
 from the attribution code: the engine only asks for points and weights.
 
-``n_steps="auto"`` has its own adaptive rule (:mod:`ig_lightning.auto`).
+``n_steps="auto"`` has its own adaptive rule (:mod:`ig_lightning.functional.adaptive`).
 
 Example::
 

@@ -1,11 +1,11 @@
 """What a check looks like in TensorBoard: one view per kind of input (images, text, tabular).
 
 A view turns a :class:`CheckRecord` (CPU tensors of one check) into images, text and histograms
-through a ``SummaryWriter``. Pixels come from :mod:`ig_lightning.render`, rules from
-:mod:`ig_lightning.rules`; the callback decides what to compute, the views only draw it.
+through a ``SummaryWriter``. Pixels come from :mod:`ig_lightning.output.render`, rules from
+:mod:`ig_lightning.functional.rules`; the callback decides what to compute, the views only draw it.
 
 Drawing never breaks a run whose model diverged: NaN or infinite scores, scales, inputs and
-completeness errors are drawn (in :data:`ig_lightning.render.NONFINITE_RGB`, mid-grey) or
+completeness errors are drawn (in :data:`ig_lightning.output.render.NONFINITE_RGB`, mid-grey) or
 left out, as each function's docstring says, never raised on.
 """
 
@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from tensorboard.compat.proto.summary_pb2 import Summary
 
-from ig_lightning import render
-from ig_lightning.rules import class_mean_maps, rules_markdown
+from ig_lightning.output import render
+from ig_lightning.functional.rules import class_mean_maps, rules_markdown
 
 VIEW_KINDS = ("auto", "image", "text", "tabular")
 

@@ -36,7 +36,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ig_lightning._checks import check_int
+from ig_lightning._validation import check_int
 
 # Token strip layout, in points (1/72 inch) for a monospace font at _FONT_SIZE.
 _FONT_SIZE = 10.0

@@ -1,0 +1,31 @@
+"""The engine: Integrated Gradients, quadrature, adaptive steps, drift and rules, with no Lightning.
+
+Everything here works on a plain ``nn.Module`` or callable; ``import ig_lightning.functional`` never imports
+Lightning (a test blocks it and imports this package).
+
+Example::
+
+    >>> import torch
+    >>> from ig_lightning.functional import integrated_gradients
+    >>> result = integrated_gradients(lambda x: (3 * x).sum(1), torch.ones(2, 4), n_steps=8)
+    >>> result.attributions[0].tolist()
+    [3.0, 3.0, 3.0, 3.0]
+"""
+
+from ig_lightning.functional.drift import DRIFT_METRICS, drift_distances
+from ig_lightning.functional.integrated_gradients import IGResult, NonFiniteAttributionWarning, integrated_gradients
+from ig_lightning.functional.quadrature import METHODS, quadrature_rule
+from ig_lightning.functional.rules import class_mean_maps, class_top_features, rule_changes
+
+__all__ = [
+    "DRIFT_METRICS",
+    "METHODS",
+    "IGResult",
+    "NonFiniteAttributionWarning",
+    "class_mean_maps",
+    "class_top_features",
+    "drift_distances",
+    "integrated_gradients",
+    "quadrature_rule",
+    "rule_changes",
+]
