@@ -1,14 +1,29 @@
-"""Argument checks shared by the engine and the callback: errors name the argument and value."""
+"""Argument validation shared by the engine and the monitor: one rule per kind of argument.
+
+Every error names the argument and the value it got. The engine and the monitor's configuration both call
+these, so an argument the monitor accepts is one the engine accepts. (A *check* is a monitoring pass; this
+module *validates*.)
+
+Example::
+
+    >>> validate_choice("stop", "on_breach", ("warn", "stop", "raise"))
+    'stop'
+    >>> validate_int(0, "every_n_epochs", minimum=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: `every_n_epochs` must be >= 1, got 0
+"""
 
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 
-def check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
+def validate_int(value: Any, name: str, *, minimum: int | None = None) -> int:
     """Return ``value`` as an int (bools refused), at least ``minimum`` when given."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"`{name}` must be an int, got {value!r}")
@@ -17,7 +32,7 @@ def check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
     return int(value)
 
 
-def check_positive_float(value: Any, name: str, *, allow_zero: bool = False) -> float:
+def validate_positive_float(value: Any, name: str, *, allow_zero: bool = False) -> float:
     """Return ``value`` as a finite float > 0 (or >= 0 with ``allow_zero``)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"`{name}` must be a number, got {value!r}")
@@ -29,7 +44,37 @@ def check_positive_float(value: Any, name: str, *, allow_zero: bool = False) -> 
     return value
 
 
-def check_target(target: Any, batch_size: int) -> torch.Tensor | None:
+def validate_bool(value: Any, name: str) -> bool:
+    """Return ``value`` if it is a bool (``0``/``1`` refused: a flag is a flag)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool, got {value!r}")
+    return value
+
+
+def validate_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    """Return ``value`` if it is one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"`{name}` can be {set(choices)}, got {value!r}")
+    return value
+
+
+def validate_optional_threshold(value: Any, name: str) -> float | None:
+    """``None`` (no threshold) or a finite number >= 0."""
+    return None if value is None else validate_positive_float(value, name, allow_zero=True)
+
+
+def validate_names(value: Any, name: str) -> list[str] | None:
+    """``None`` or a non-empty list of names (each turned into ``str``)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"`{name}` must be a list of names, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"`{name}` must not be empty")
+    return [str(v) for v in value]
+
+
+def validate_target(target: Any, batch_size: int) -> torch.Tensor | None:
     """Normalise ``target`` to ``None`` or a LongTensor of shape ``(batch_size,)`` (on CPU).
 
     Accepts ``None``, an int, a 0-d or ``(B,)`` integer tensor, or a sequence of ints.

@@ -69,7 +69,7 @@ def work(rank: int, out: str) -> None:
                 path = CountingPath(f, torch.zeros_like(x), x, batch=7)
                 with torch.no_grad():
                     delta = f(x) - f(torch.zeros_like(x))
-                res = integrate_auto(path, method, delta, tolerance=1e-3, max_steps=512, delta_floor=1e-3, sync=s)
+                res = integrate_auto(path, delta, tolerance=1e-3, max_steps=512, delta_floor=1e-3, sync=s)
                 results[key] = [res.avg_grad, res.n_steps, res.n_evaluations, res.attribution_error]
                 if s is not None:
                     saved["forwards"].append(path.forwards)

@@ -36,7 +36,7 @@ def run(f, x, method="gausslegendre", tolerance=0.01, max_steps=512, sync=None, 
     path = CountingPath(f, torch.zeros_like(x), x, batch)
     with torch.no_grad():
         delta = f(x) - f(torch.zeros_like(x))
-    res = integrate_auto(path, method, delta, tolerance=tolerance, max_steps=max_steps, delta_floor=1e-3, sync=sync)
+    res = integrate_auto(path, delta, tolerance=tolerance, max_steps=max_steps, delta_floor=1e-3, sync=sync)
     return res, path
 
 

@@ -307,15 +307,15 @@ def test_state_round_trips_through_a_weights_only_checkpoint_and_resume(tmp_path
     t, _ = fit(tmp_path, monitor, max_epochs=2, callbacks=[ckpt], enable_checkpointing=True)
     path = ckpt.last_model_path
     saved = torch.load(path, weights_only=True)["callbacks"][monitor.state_key]
-    assert torch.equal(saved["probe"]["args"][0], monitor.probe_inputs)
-    assert torch.equal(saved["first_scores"], monitor.first_scores)
+    assert torch.equal(saved["probe"]["inputs"]["args"][0], monitor.probe_inputs)
+    assert torch.equal(saved["first_scores"], monitor.references.first)
 
     resumed = IntegratedGradientsMonitor(probe=6, n_steps=8, drift_reference="first")
     torch.manual_seed(0)
     train, val = loaders()
     t = trainer(tmp_path, [resumed], max_epochs=3)
     t.fit(TinyCNN(), train, val, ckpt_path=path)
-    assert torch.equal(resumed.first_scores, saved["first_scores"])  # drift still measured vs the same reference
+    assert torch.equal(resumed.references.first, saved["first_scores"])  # drift still measured vs the same reference
     assert resumed.checks == 3
 
 
@@ -411,13 +411,13 @@ def test_region_and_baseline_accept_lists_from_config_files():
 def test_colour_scales_are_fixed_at_the_first_check_with_headroom(tmp_path):
     monitor = IntegratedGradientsMonitor(probe=6, n_steps=8, color_headroom=3.0)
     fit(tmp_path, monitor, max_epochs=1)
-    first = monitor.scales.clone()
-    expected = 3.0 * monitor.first_scores.reshape(6, -1).abs().amax(1)
+    first = monitor.color_scales.scales.clone()
+    expected = 3.0 * monitor.references.first.reshape(6, -1).abs().amax(1)
     torch.testing.assert_close(first, expected)
     t = trainer(tmp_path, [monitor], max_epochs=3)
     torch.manual_seed(0)
     t.fit(TinyCNN(), *loaders())
-    assert torch.equal(monitor.scales, first)  # later checks draw on the same scale
+    assert torch.equal(monitor.color_scales.scales, first)  # later checks draw on the same scale
     with pytest.raises(ValueError, match="`color_headroom`"):
         IntegratedGradientsMonitor(color_headroom=0)
 

@@ -61,7 +61,7 @@ def test_keyword_probes_and_their_masks_are_sharded_with_the_examples(tmp_path):
     model = TokenModel()
     single = IntegratedGradientsMonitor(probe=5, n_steps=8, layer="embedding")
     trainer(tmp_path / "single", [single]).validate(model, token_loaders()[1], verbose=False)
-    mask = single.probe.kwargs["attention_mask"]
+    mask = single.probe.inputs.kwargs["attention_mask"]
     for r, got in enumerate(ranks):
         torch.testing.assert_close(got["attributions"], single.last_result.attributions, rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(got["delta"], single.last_result.delta, rtol=1e-5, atol=1e-7)

@@ -13,8 +13,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 
 from ig_lightning.functional.drift import DRIFT_METRICS, drift_distances
-from ig_lightning.output.render import NONFINITE_RGB, bar_chart, colorize_signed, image_grid, token_strip, token_table
-from ig_lightning.functional.rules import class_mean_maps, class_top_features, rule_changes, rules_markdown
+from ig_lightning.output.markdown import token_table
+from ig_lightning.output.render import NONFINITE_RGB, bar_chart, colorize_signed, image_grid, token_strip
+from ig_lightning.functional.rules import class_mean_maps, class_top_features, rule_changes
+from ig_lightning.output.markdown import rules_markdown
 from ig_lightning.output.views import CheckRecord, ImageView, TabularView, TextView, log_common
 
 BAD = [math.nan, math.inf, -math.inf]

@@ -145,9 +145,9 @@ class Snapshots(Callback):
     def on_validation_epoch_end(self, trainer, pl_module):
         clone = lambda t: None if t is None else t.clone()  # noqa: E731
         self.metrics.append(dict(self.monitor.last_metrics))
-        self.first.append(clone(self.monitor.first_scores))
-        self.previous.append(clone(self.monitor.previous_scores))
-        self.scales.append(clone(self.monitor.scales))
+        self.first.append(clone(self.monitor.references.first))
+        self.previous.append(clone(self.monitor.references.previous))
+        self.scales.append(clone(self.monitor.color_scales.scales))
 
 
 def nan_all(module, x, out):
@@ -407,7 +407,7 @@ def test_resumed_checkpoint_with_other_probe_settings_warns_and_takes_the_probe_
         model.on_first_step = lambda: seen.extend(monitor_messages(caught))
         t, _ = fit(tmp_path, resumed, model=model, max_epochs=2, ckpt_path=ckpt.last_model_path)
     assert any("other settings" in m and "probe" in m for m in seen)
-    assert len(resumed.probe) == 4 and resumed.first_scores.shape[0] == 4 and t.current_epoch == 2
+    assert len(resumed.probe) == 4 and resumed.references.first.shape[0] == 4 and t.current_epoch == 2
 
 
 def test_one_monitor_reused_for_another_model_warns_and_resets(tmp_path):

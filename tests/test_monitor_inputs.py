@@ -54,7 +54,7 @@ def test_several_positional_inputs_are_attributed_together(tmp_path):
     res = monitor.last_result
     assert isinstance(res.attributions, tuple) and [tuple(a.shape) for a in res.attributions] == [(6, 1, 8, 8), (6, 5)]
     # the engine on the same model, inputs and targets gives the same numbers
-    image, vector = monitor.probe.args
+    image, vector = monitor.probe.inputs.args
     model.eval()
     ref = integrated_gradients(model, (image, vector), target=monitor.targets, n_steps=16)
     for got, want in zip(res.attributions, ref.attributions):
@@ -68,7 +68,7 @@ def test_attribute_selects_inputs_the_rest_passes_unchanged(tmp_path):
     monitor = IntegratedGradientsMonitor(probe=6, n_steps=8, unpack=unpack_two, attribute=1)
     trainer(tmp_path, [monitor], max_epochs=1).fit(model, two_input_loader(), two_input_loader())
     assert tuple(monitor.last_result.attributions.shape) == (6, 5)
-    assert monitor.probe.args[0].shape == (6, 1, 8, 8)
+    assert monitor.probe.inputs.args[0].shape == (6, 1, 8, 8)
 
 
 def test_keyword_batches_reach_the_model_with_their_mask_at_every_point(tmp_path):
@@ -78,8 +78,8 @@ def test_keyword_batches_reach_the_model_with_their_mask_at_every_point(tmp_path
     monitor = IntegratedGradientsMonitor(probe=4, n_steps=8, layer="embedding")
     t = trainer(tmp_path, [monitor], max_epochs=1)
     t.fit(model, train, val)
-    assert monitor.probe.names == ["input_ids", "attention_mask"]
-    mask = monitor.probe.kwargs["attention_mask"]
+    assert monitor.probe.inputs.names == ["input_ids", "attention_mask"]
+    mask = monitor.probe.inputs.kwargs["attention_mask"]
     model.masks_seen.clear()
     t.validate(model, val, verbose=False)
     check_forwards = [m for m in model.masks_seen if m.shape[0] % 4 == 0 and m.shape[0] != 8]
@@ -128,15 +128,15 @@ def test_keyword_probe_round_trips_through_a_weights_only_checkpoint(tmp_path):
     resumed = IntegratedGradientsMonitor(probe=4, n_steps=4, layer="embedding", drift_reference="first")
     trainer(tmp_path, [resumed], max_epochs=2).fit(TokenModel(), *token_loaders(), ckpt_path=ckpt.last_model_path)
     for key in ("input_ids", "attention_mask"):
-        assert torch.equal(resumed.probe.kwargs[key], saved["probe"]["kwargs"][key])
-    assert torch.equal(resumed.first_scores, saved["first_scores"]) and resumed.checks == 2
+        assert torch.equal(resumed.probe.inputs.kwargs[key], saved["probe"]["inputs"]["kwargs"][key])
+    assert torch.equal(resumed.references.first, saved["first_scores"]) and resumed.checks == 2
 
 
 def test_a_dict_probe_given_explicitly_splits_labels_off():
     batch = {"input_ids": torch.ones(3, 5, dtype=torch.long), "attention_mask": torch.ones(3, 5),
              "labels": torch.tensor([0, 1, 2])}
     monitor = IntegratedGradientsMonitor(probe=batch, layer="embedding")
-    assert monitor.probe.names == ["input_ids", "attention_mask"] and monitor.probe_labels.tolist() == [0, 1, 2]
+    assert monitor.probe.inputs.names == ["input_ids", "attention_mask"] and monitor.probe.labels.tolist() == [0, 1, 2]
 
 
 @pytest.mark.parametrize("batch, names", [

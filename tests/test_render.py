@@ -13,8 +13,8 @@ from ig_lightning.output.render import (
     diverging_lut,
     image_grid,
     token_strip,
-    token_table,
 )
+from ig_lightning.output.markdown import token_table
 
 
 def strength(rgb: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ig_lightning.functional.rules import class_mean_maps, class_top_features, rule_changes, rules_markdown
+from ig_lightning.functional.rules import class_mean_maps, class_top_features, rule_changes
+from ig_lightning.output.markdown import rules_markdown
 
 
 def planted() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

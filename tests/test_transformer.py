@@ -68,9 +68,10 @@ class Trained:
     val_acc: float
 
 
-def probe_batch(datamodule: T.QuestionsDataModule, n: int = PROBE) -> dict[str, torch.Tensor]:
-    """The first ``n`` validation examples as the validation loader collates them: what the monitor should take."""
-    return T.collate([datamodule.val_set[i] for i in range(n)])
+def probe_batch(datamodule: T.QuestionsDataModule, indices: list[int]) -> dict[str, torch.Tensor]:
+    """The validation examples at ``indices`` as the validation loader collates them: what the monitor should
+    take (``indices``: the monitor's own, spread over the classes)."""
+    return T.collate([datamodule.val_set[i] for i in indices])
 
 
 def scores_of(monitor: IntegratedGradientsMonitor) -> torch.Tensor:
@@ -104,7 +105,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     monitor, recorder = IntegratedGradientsMonitor(layer=T.LAYER, vocabulary=T.TOKENIZER), CallRecorder()
     trainer = make_trainer("transformer", [recorder, monitor], max_epochs=3, root=root, verbose=False)
     trainer.fit(model, datamodule=datamodule)
-    return Trained(model, datamodule, monitor, recorder, probe_batch(datamodule), root,
+    return Trained(model, datamodule, monitor, recorder, probe_batch(datamodule, monitor.probe.indices), root,
                    float(trainer.callback_metrics["val/acc"]))
 
 
@@ -132,7 +133,9 @@ def test_the_model_learns_the_triggers_and_the_probe_has_every_class_and_padding
     assert set(trained.probe["labels"].tolist()) == set(range(len(T.CLASS_NAMES)))
     assert (trained.probe["attention_mask"] == 0).any()
     assert trained.monitor.checks == 3
-    # The probe is the model's whole input, labels left out: the first validation examples, as collated.
+    # The probe is the model's whole input, labels left out: validation examples spread over the classes
+    # (4 of each, by index), as collated.
+    assert len(trained.monitor.probe.indices) == PROBE and not trained.monitor.probe.missing_classes()
     kwargs = trained.monitor.probe_inputs.kwargs
     assert list(kwargs) == ["input_ids", "attention_mask"]
     assert all(torch.equal(kwargs[key].cpu(), trained.probe[key]) for key in kwargs)
@@ -151,7 +154,14 @@ def test_the_attention_mask_reaches_the_model_at_every_path_point(trained: Train
             n = len(ids)
             assert any(torch.equal(mask.long(), probe_mask[k:k + n].long()) for k in range(PROBE - n + 1))
             continue
-        match = (ids[:, None, :] == probe_ids[None]).all(-1)  # (rows, probe): which example each row is
+        same = ids[:, None, :] == probe_ids[None]
+        match = same.all(-1)  # (rows, probe): which example each row is
+        if not bool(match.any(1).all()):  # the deletion check: an example with some tokens set to the baseline
+            deleted = (same | (ids[:, None, :] == T.TOKENIZER.pad_token_id)).all(-1)
+            assert deleted.any(1).all(), "a call's input_ids are neither the probe's nor the probe with deletions"
+            fits = (mask[:, None, :].long() == probe_mask[None].long()).all(-1) & deleted
+            assert fits.any(1).all(), "a deletion row's attention_mask is not its example's"
+            continue
         assert (match.sum(1) == 1).all(), "a call's input_ids are not the probe's"
         example = match.long().argmax(1)
         assert torch.equal(mask.long(), probe_mask[example].long()), "a row's attention_mask is not its example's"

@@ -29,7 +29,7 @@ def as_tuple(value: Any) -> tuple:
     return value if isinstance(value, tuple) else (value,)
 
 
-def check_inputs(inputs: Any, needs_float: bool) -> tuple[torch.Tensor, ...]:
+def validate_inputs(inputs: Any, needs_float: bool) -> tuple[torch.Tensor, ...]:
     """``inputs`` (a Tensor or a tuple of Tensors with one batch size) as a tuple; errors name the bad entry."""
     if isinstance(inputs, torch.Tensor):
         items: tuple = (inputs,)

@@ -39,7 +39,7 @@ Example::
     ...     def gradients_at(self, idx, alphas):
     ...         return self.w.expand(len(idx), -1), alphas * (self.diff[idx] @ self.w)
     >>> x, w = torch.ones(2, 3, dtype=torch.float64), torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
-    >>> res = integrate_auto(Linear(x, w), "gausslegendre", x @ w, tolerance=0.01, max_steps=64,
+    >>> res = integrate_auto(Linear(x, w), x @ w, tolerance=0.01, max_steps=64,
     ...                      delta_floor=1e-3)
     >>> res.avg_grad[0].tolist(), res.n_steps.tolist(), res.attribution_error.tolist(), res.unconverged
     ([1.0, -2.0, 3.0], [5, 5], [0.0, 0.0], 0)
@@ -53,9 +53,9 @@ from typing import Callable, Protocol
 
 import torch
 
-from ig_lightning.functional.quadrature import quadrature_rule
+from ig_lightning.functional.quadrature import AUTO_MIN_STEPS
 
-__all__ = ["AutoResult", "Path", "integrate_auto"]
+__all__ = ["AutoResult", "PathGradients", "integrate_auto"]
 
 #: The estimate is this factor times the root sum of squares of an example's interval indicators (measured on
 #: a trained digits CNN, logits and softmax: the estimate is then within a factor 2 of the true error on ~95%
@@ -71,8 +71,8 @@ BISECTION_START = 5
 COMPLETENESS = True
 
 
-class Path(Protocol):
-    """What :func:`integrate_auto` needs of the straight paths (the engine's ``_Path`` provides it)."""
+class PathGradients(Protocol):
+    """What :func:`integrate_auto` needs of the straight paths (the engine's ``StraightPaths`` provides it)."""
 
     n: int
     diff: torch.Tensor
@@ -105,8 +105,7 @@ class AutoResult:
 
 
 def integrate_auto(
-    path: Path,
-    method: str,
+    path: PathGradients,
     delta: torch.Tensor,
     *,
     tolerance: float,
@@ -117,8 +116,7 @@ def integrate_auto(
     """Integrate every example's gradient along its path until its estimated relative L2 error is within tolerance.
 
     Args:
-        path: The paths (see :class:`Path`).
-        method: The user's rule; auto uses the same bisection for every rule (see the module's docstring).
+        path: The paths (see :class:`PathGradients`).
         delta: ``(n,)`` ``F(x) - F(x')``, for the completeness condition.
         tolerance: Target relative L2 error of each example's attributions (and relative completeness).
         max_steps: Most points one example may use.
@@ -131,16 +129,17 @@ def integrate_auto(
         An :class:`AutoResult`.
 
     Raises:
-        ValueError: ``sync`` asks a process without examples to evaluate points (there is nothing to pad with).
+        ValueError: ``max_steps`` is below :data:`~ig_lightning.functional.quadrature.AUTO_MIN_STEPS`, or ``sync`` asks a process without examples to evaluate points (there is nothing to pad with).
     """
-    del method  # every rule: the bisection (see the module's docstring)
+    if max_steps < AUTO_MIN_STEPS:
+        raise ValueError(f"`max_steps` must be >= {AUTO_MIN_STEPS} for n_steps='auto', got {max_steps}")
     return _Bisection(path, delta, tolerance, max_steps, delta_floor, sync).run()
 
 
 class _Bisection:
     """Adaptive trapezoid bisection with per-interval vector error indicators (see the module's docstring)."""
 
-    def __init__(self, path: Path, delta: torch.Tensor, tolerance: float, max_steps: int, delta_floor: float,
+    def __init__(self, path: PathGradients, delta: torch.Tensor, tolerance: float, max_steps: int, delta_floor: float,
                  sync: Callable[[int], int] | None) -> None:
         self.path, self.tolerance, self.max_steps, self.floor, self.sync = path, tolerance, max_steps, delta_floor, sync
         self.n, self.dtype, self.device = path.n, path.dtype, path.device
@@ -196,8 +195,6 @@ class _Bisection:
 
     def run(self) -> AutoResult:
         n, dtype, device = self.n, self.dtype, self.device
-        if self.max_steps < 3:
-            return self._fixed()
         m0 = BISECTION_START if self.max_steps >= BISECTION_START else 3
         grid = torch.linspace(0, 1, m0, dtype=dtype, device=device)
         every = torch.arange(n, device=device)
@@ -306,13 +303,3 @@ class _Bisection:
         pick = (before - before[first[es]] < BISECTION_SHARE) & active[es]
         pick &= rank < (self.max_steps - self.count)[es]  # never beyond max_steps points
         return order[pick]
-
-    def _fixed(self) -> AutoResult:
-        """``max_steps`` below 3 leaves no room to bisect: one Gauss-Legendre rule of ``max_steps`` points."""
-        n, device = self.n, self.device
-        alphas, weights = quadrature_rule("gausslegendre", self.max_steps, dtype=self.dtype, device=device)
-        idx = torch.arange(n, device=device).repeat(len(alphas))
-        grads = self._evaluate(idx, alphas.repeat_interleave(n), self._total_points(len(idx)))
-        avg_grad = (grads.view(len(alphas), n, -1) * weights.view(-1, 1, 1)).sum(0)
-        no_estimate = torch.full((n,), float("inf"), dtype=self.dtype, device=device)
-        return self._result(avg_grad, self._relative(no_estimate, avg_grad))

@@ -27,11 +27,11 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from ig_lightning._validation import check_int, check_positive_float, check_target
+from ig_lightning._validation import validate_int, validate_positive_float, validate_target
 from ig_lightning.functional._hooks import LayerTap, tap_layers
-from ig_lightning.functional._inputs import Extras, Flat, check_inputs, make_baselines, select_outputs
+from ig_lightning.functional._inputs import Extras, Flat, validate_inputs, make_baselines, select_outputs
 from ig_lightning.functional.adaptive import integrate_auto
-from ig_lightning.functional.quadrature import check_method, check_n_steps, check_n_steps_or_auto, quadrature_rule
+from ig_lightning.functional.quadrature import quadrature_rule, validate_steps
 
 __all__ = ["IGResult", "NonFiniteAttributionWarning", "integrated_gradients"]
 
@@ -117,7 +117,7 @@ def _own_copy(t: torch.Tensor) -> torch.Tensor:
     return t.detach().clone()
 
 
-class _Path:
+class StraightPaths:
     """The straight path ``start + a * (end - start)`` for every example (flat, ``(n, D)``), and gradients on it.
 
     ``run(points, idx)`` maps flat path points of the examples ``idx`` to one output per point: it
@@ -183,7 +183,7 @@ class _Path:
         return acc
 
 
-def _check_layers(layer: Any, forward_func: Any) -> list[nn.Module] | None:
+def _validate_layers(layer: Any, forward_func: Any) -> list[nn.Module] | None:
     if layer is None:
         return None
     layers = list(layer) if isinstance(layer, (list, tuple, nn.ModuleList)) else [layer]
@@ -382,18 +382,14 @@ def integrated_gradients(
     """
     if not callable(forward_func):
         raise TypeError(f"`forward_func` must be callable, got {type(forward_func).__name__}")
-    layers = _check_layers(layer, forward_func)
-    items = check_inputs(inputs, needs_float=layers is None)
-    method = check_method(method)
-    n_steps = check_n_steps_or_auto(n_steps, method)
+    layers = _validate_layers(layer, forward_func)
+    items = validate_inputs(inputs, needs_float=layers is None)
+    n_steps, method, max_steps = validate_steps(n_steps, method, max_steps)
     auto = n_steps == "auto"
     if internal_batch_size is not None:
-        internal_batch_size = check_int(internal_batch_size, "internal_batch_size", minimum=1)
-    tolerance = check_positive_float(tolerance, "tolerance")
-    max_steps = check_n_steps(max_steps, method, name="max_steps")
-    if auto and max_steps < 3:
-        raise ValueError(f"`max_steps` must be >= 3 for n_steps='auto', got {max_steps}")
-    delta_floor = check_positive_float(delta_floor, "delta_floor")
+        internal_batch_size = validate_int(internal_batch_size, "internal_batch_size", minimum=1)
+    tolerance = validate_positive_float(tolerance, "tolerance")
+    delta_floor = validate_positive_float(delta_floor, "delta_floor")
     for flag, name in ((attribute_to_layer_input, "attribute_to_layer_input"),
                        (multiply_by_inputs, "multiply_by_inputs")):
         if not isinstance(flag, bool):
@@ -404,7 +400,7 @@ def integrated_gradients(
         raise TypeError(f"`grad_kwargs` must be a dict, got {type(grad_kwargs).__name__}")
     if sync is not None and not callable(sync):
         raise TypeError(f"`sync` must be callable, got {type(sync).__name__}")
-    target_t = check_target(target, items[0].shape[0])
+    target_t = validate_target(target, items[0].shape[0])
     if auto:
         tolerance = _reachable_tolerance(tolerance, items[0].device, None if layers else items[0].dtype)
 
@@ -460,12 +456,12 @@ def _integrated_gradients(
             else:
                 problem = _layer_problem(forward_func, xs, bases, extras, target_t, internal_batch_size, tap,
                                          is_list)
-            path = _Path(problem.run, problem.start, problem.diff, internal_batch_size, grad_kwargs)
+            path = StraightPaths(problem.run, problem.start, problem.diff, internal_batch_size, grad_kwargs)
             del bases
             delta = problem.delta
             estimate = None
             if n_steps == "auto":
-                avg_grad, steps, evals, estimate = _integrate_auto(path, delta, tolerance, max_steps, delta_floor,
+                avg_grad, steps, evals, estimate = _refine(path, delta, tolerance, max_steps, delta_floor,
                                                                    sync)
             else:
                 alphas, weights = quadrature_rule(method, n_steps, dtype=path.dtype, device=device)
@@ -498,12 +494,12 @@ def _reachable_tolerance(tolerance: float, device: torch.device, dtype: torch.dt
     return tolerance
 
 
-def _integrate_auto(
-    path: _Path, delta: torch.Tensor, tolerance: float, max_steps: int, delta_floor: float,
+def _refine(
+    path: StraightPaths, delta: torch.Tensor, tolerance: float, max_steps: int, delta_floor: float,
     sync: Callable[[int], int] | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Refine each example until its attributions are within tolerance (or ``max_steps`` is reached)."""
-    res = integrate_auto(path, "auto", delta, tolerance=tolerance, max_steps=max_steps, delta_floor=delta_floor,
+    res = integrate_auto(path, delta, tolerance=tolerance, max_steps=max_steps, delta_floor=delta_floor,
                          sync=sync)
     n = delta.shape[0]
     if res.unconverged:

@@ -31,16 +31,18 @@ METHODS = (
 
 #: Smallest number of points each rule accepts.
 MIN_STEPS = {method: (2 if method == "riemann_trapezoid" else 1) for method in METHODS}
+#: Smallest ``max_steps`` of ``n_steps="auto"``: its bisection starts from three points, whatever the rule.
+AUTO_MIN_STEPS = 3
 
 
-def check_method(method: object) -> str:
+def validate_method(method: object) -> str:
     """Return ``method`` if it names a rule, else raise naming the bad value."""
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
     return method
 
 
-def check_n_steps(n_steps: object, method: str, name: str = "n_steps") -> int:
+def validate_n_steps(n_steps: object, method: str, name: str = "n_steps") -> int:
     """Return ``n_steps`` as an int if the rule accepts it, else raise naming it."""
     if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)):
         raise TypeError(f"`{name}` must be an int, got {n_steps!r}")
@@ -50,13 +52,36 @@ def check_n_steps(n_steps: object, method: str, name: str = "n_steps") -> int:
     return int(n_steps)
 
 
-def check_n_steps_or_auto(n_steps: object, method: str) -> int | str:
+def validate_n_steps_or_auto(n_steps: object, method: str) -> int | str:
     """Return ``"auto"`` or a valid ``n_steps`` for ``method``, else raise naming it."""
     if n_steps == "auto":
         return "auto"
     if isinstance(n_steps, str):
         raise ValueError(f"`n_steps` must be an int or 'auto', got {n_steps!r}")
-    return check_n_steps(n_steps, method)
+    return validate_n_steps(n_steps, method)
+
+
+def validate_steps(n_steps: object, method: object, max_steps: object) -> tuple[int | str, str, int]:
+    """The one rule for the step settings, shared by the engine and the monitor: ``(n_steps, method, max_steps)``.
+
+    ``max_steps`` caps ``n_steps="auto"``, whose bisection needs at least :data:`AUTO_MIN_STEPS` points whatever
+    the rule; with a fixed ``n_steps`` it only has to be a valid size for ``method``.
+
+    Example::
+
+        >>> validate_steps("auto", "gausslegendre", 256)
+        ('auto', 'gausslegendre', 256)
+        >>> validate_steps("auto", "gausslegendre", 2)
+        Traceback (most recent call last):
+        ...
+        ValueError: `max_steps` must be >= 3 for n_steps='auto', got 2
+    """
+    method = validate_method(method)
+    n_steps = validate_n_steps_or_auto(n_steps, method)
+    max_steps = validate_n_steps(max_steps, method, name="max_steps")
+    if n_steps == "auto" and max_steps < AUTO_MIN_STEPS:
+        raise ValueError(f"`max_steps` must be >= {AUTO_MIN_STEPS} for n_steps='auto', got {max_steps}")
+    return n_steps, method, max_steps
 
 
 @functools.lru_cache(maxsize=256)
@@ -122,6 +147,6 @@ def quadrature_rule(
         >>> float(w.sum())
         1.0
     """
-    method = check_method(method)
-    n = check_n_steps(n_steps, method)
+    method = validate_method(method)
+    n = validate_n_steps(n_steps, method)
     return _as_tensors(*_points_and_weights(method, n), dtype=dtype, device=device)

@@ -26,12 +26,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ig_lightning._validation import check_int
+from ig_lightning._validation import validate_int
 
 REDUCTIONS = ("sum", "mean")
 
 
-def _check_tensor(x: object, name: str, ndim: int | None = None) -> torch.Tensor:
+def _validate_tensor(x: object, name: str, ndim: int | None = None) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
     if ndim is not None and x.ndim != ndim:
@@ -39,32 +39,32 @@ def _check_tensor(x: object, name: str, ndim: int | None = None) -> torch.Tensor
     return x.detach()
 
 
-def _check_integer(x: torch.Tensor, name: str) -> torch.Tensor:
+def _validate_integer(x: torch.Tensor, name: str) -> torch.Tensor:
     if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
         raise TypeError(f"`{name}` must be an integer tensor (e.g. int64), got {x.dtype}")
     return x.long()
 
 
-def _check_targets(targets: object, n: int) -> torch.Tensor:
-    t = _check_integer(_check_tensor(targets, "targets", 1), "targets")
+def _validate_targets(targets: object, n: int) -> torch.Tensor:
+    t = _validate_integer(_validate_tensor(targets, "targets", 1), "targets")
     if t.shape[0] != n:
         raise ValueError(f"`targets` must hold one class per example ({n}), got {t.shape[0]}")
     return t
 
 
-def _check_inputs(
+def _validate_inputs(
     keys: object, scores: object, targets: object, mask: object
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    key = _check_integer(_check_tensor(keys, "keys", 2), "keys").cpu()
-    score = _check_tensor(scores, "scores", 2).cpu()
+    key = _validate_integer(_validate_tensor(keys, "keys", 2), "keys").cpu()
+    score = _validate_tensor(scores, "scores", 2).cpu()
     if not score.dtype.is_floating_point:
         raise TypeError(f"`scores` must be a floating tensor, got {score.dtype}")
     if score.shape != key.shape:
         raise ValueError(f"`scores` must match keys {tuple(key.shape)}, got {tuple(score.shape)}")
-    target = _check_targets(targets, key.shape[0]).cpu()
+    target = _validate_targets(targets, key.shape[0]).cpu()
     if mask is None:
         return key, score, target, torch.ones_like(key, dtype=torch.bool)
-    m = _check_tensor(mask, "mask").cpu()
+    m = _validate_tensor(mask, "mask").cpu()
     if m.dtype != torch.bool:
         raise TypeError(f"`mask` must be a bool tensor, got {m.dtype}")
     if m.shape != key.shape:
@@ -115,8 +115,8 @@ def class_top_features(
         >>> class_top_features(keys, scores, torch.tensor([0, 0]), reduce="mean")
         {0: [(5, 1.0), (2, 0.5)]}
     """
-    key, score, target, m = _check_inputs(keys, scores, targets, mask)
-    k = check_int(k, "k", minimum=1)
+    key, score, target, m = _validate_inputs(keys, scores, targets, mask)
+    k = validate_int(k, "k", minimum=1)
     if reduce not in REDUCTIONS:
         raise ValueError(f"`reduce` must be one of {REDUCTIONS}, got {reduce!r}")
 
@@ -212,12 +212,12 @@ def class_mean_maps(attributions: torch.Tensor, targets: torch.Tensor) -> dict[i
         >>> {c: m.tolist() for c, m in class_mean_maps(attributions, torch.tensor([0, 0, 1])).items()}
         {0: [2.0, 3.0]}
     """
-    a = _check_tensor(attributions, "attributions")
+    a = _validate_tensor(attributions, "attributions")
     if not a.dtype.is_floating_point:
         raise TypeError(f"`attributions` must be a floating tensor, got {a.dtype}")
     if a.ndim < 1:
         raise ValueError(f"`attributions` must be shaped (N, ...), got shape {tuple(a.shape)}")
-    target = _check_targets(targets, a.shape[0]).to(a.device)
+    target = _validate_targets(targets, a.shape[0]).to(a.device)
     finite = torch.isfinite(a.reshape(a.shape[0], -1)).all(1)
     a, target = a[finite], target[finite]
     classes, inverse = torch.unique(target, return_inverse=True)
@@ -226,85 +226,3 @@ def class_mean_maps(attributions: torch.Tensor, targets: torch.Tensor) -> dict[i
     counts = torch.bincount(inverse, minlength=classes.shape[0]).to(a.dtype)
     means = sums / counts.view(-1, *([1] * (a.ndim - 1)))
     return {c: means[i] for i, c in enumerate(classes.tolist())}
-
-
-def _escape_md(text: object) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
-def _namer(names: Callable[[int], str] | Sequence[str] | None, name: str) -> Callable[[int], str]:
-    """A function from int to display name; out-of-range indices fall back to ``str``."""
-    if names is None:
-        return str
-    if callable(names):
-        return lambda i: str(names(i))
-    if isinstance(names, str) or not isinstance(names, Sequence):
-        raise TypeError(
-            f"`{name}` must be a callable, a sequence of str or None, got {type(names).__name__}"
-        )
-    return lambda i: str(names[i]) if 0 <= i < len(names) else str(i)
-
-
-def _format_score(score: float, precision: int) -> str:
-    score = float(score)
-    return "nan" if math.isnan(score) else f"{score:+.{precision}f}"
-
-
-def rules_markdown(
-    rules: dict[int, list[tuple[int, float]]],
-    changes: dict[int, dict[str, list[int]]] | None = None,
-    *,
-    key_names: Callable[[int], str] | Sequence[str] | None = None,
-    class_names: Sequence[str] | None = None,
-    precision: int = 3,
-) -> str:
-    """A Markdown table of each class's top features (and what changed) for TensorBoard.
-
-    A non-finite score (only possible in hand-made ``rules``) is written ``nan``/``+inf``/``-inf``.
-
-    Args:
-        rules: Output of :func:`class_top_features`.
-        changes: Output of :func:`rule_changes`; adds "entered" and "left" columns.
-        key_names: Maps a key to a name: a callable (e.g. a tokenizer's decode) or a
-            sequence indexed by key (e.g. a vocabulary or feature names). Default ``str``.
-        class_names: Sequence indexed by class. Default ``str``.
-        precision: Digits after the decimal point.
-
-    Returns:
-        Markdown text, one row per class in ascending order; ``|`` in names is escaped.
-
-    Raises:
-        TypeError: ``rules`` not a dict, bad ``key_names``/``class_names``, ``precision`` not int.
-        ValueError: ``precision`` < 0.
-
-    Example::
-
-        >>> print(rules_markdown({0: [(7, 1.5)]}, key_names=lambda k: f"w{k}", class_names=["num"]))
-        | class | top features |
-        |---|---|
-        | num | w7 (+1.500) |
-    """
-    if not isinstance(rules, dict):
-        raise TypeError(f"`rules` must be a dict, got {type(rules).__name__}")
-    precision = check_int(precision, "precision", minimum=0)
-    key_name = _namer(key_names, "key_names")
-    class_name = _namer(class_names, "class_names")
-
-    def names(keys: list[int]) -> str:
-        return ", ".join(_escape_md(key_name(key)) for key in keys) or "-"
-
-    def scored(top: list[tuple[int, float]]) -> str:
-        cells = [f"{_escape_md(key_name(key))} ({_format_score(score, precision)})" for key, score in top]
-        return ", ".join(cells) or "-"
-
-    header = ["| class | top features |", "|---|---|"]
-    if changes is not None:
-        header = ["| class | top features | entered | left |", "|---|---|---|---|"]
-    lines = []
-    for c in sorted(rules):
-        row = f"| {_escape_md(class_name(c))} | {scored(rules[c])} |"
-        if changes is not None:
-            change = changes.get(c, {})
-            row += f" {names(change.get('entered', []))} | {names(change.get('left', []))} |"
-        lines.append(row)
-    return "\n".join(header + lines)

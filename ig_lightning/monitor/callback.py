@@ -1,14 +1,15 @@
 """The Lightning callback: Integrated Gradients on a fixed probe batch, every validation epoch.
 
-Data flows one way: the probe (:mod:`ig_lightning.monitor.probe`) -> a check (:mod:`ig_lightning.monitor.explainer`, the
-engine) -> a :class:`~ig_lightning.output.views.CheckRecord` -> scalars (``pl_module.log``), the breach policy
-(:mod:`ig_lightning.monitor.policy`) and rank-zero pictures (:mod:`ig_lightning.output.report`). This module only
-holds the configuration, the hooks and the state kept across checks.
+Data flows one way: the probe (:mod:`~ig_lightning.monitor.probe`) -> the checks before training
+(:mod:`~ig_lightning.monitor.preflight`) -> a check (:mod:`~ig_lightning.monitor.explainer`, the engine) -> its
+scalars (:mod:`~ig_lightning.monitor.measure`, logged with ``pl_module.log``), the state kept between checks
+(:mod:`~ig_lightning.monitor.tracking`), the breach policy (:mod:`~ig_lightning.monitor.policy`) and rank-zero
+pictures (:mod:`~ig_lightning.output.report`). This module holds the hooks, the skip predicate and the checkpoint
+state; the arguments are validated by :class:`~ig_lightning.monitor.config.MonitorConfig`.
 """
 
 from __future__ import annotations
 
-import re
 import weakref
 from collections.abc import Sequence
 from typing import Any, Callable, Literal
@@ -20,41 +21,20 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from ig_lightning.monitor import preflight
-from ig_lightning.monitor.config import (
-    check_attribute,
-    check_baseline,
-    check_choice,
-    check_names,
-    check_optional_threshold,
-    check_probe,
-    check_vocabulary,
-    model_fingerprint,
-)
-from ig_lightning._validation import check_int, check_positive_float
-from ig_lightning.monitor.explainer import OUTPUT_TRANSFORMS, Explainer, find_faults, resolve_targets
-from ig_lightning.functional.drift import DRIFT_METRICS, drift_distances
 from ig_lightning.functional.integrated_gradients import IGResult
-from ig_lightning.monitor.policy import ON_BREACH, AttributionDriftError, BreachPolicy
-from ig_lightning.monitor.probe import ModelInputs, Unpack, default_unpack, first_val_dataloader, take_probe
-from ig_lightning.functional.quadrature import check_method, check_n_steps, check_n_steps_or_auto
-from ig_lightning.output.report import Reporter, logger_step
-from ig_lightning.functional.rules import class_top_features, rule_changes
+from ig_lightning.monitor import preflight
 from ig_lightning.monitor._isolation import eval_mode, preserved_rng
-from ig_lightning.output.views import VIEW_KINDS, CheckRecord, ImageView, Names, TabularView, TextView, View
+from ig_lightning.monitor.config import DELTA_FLOOR, MetricNames, MonitorConfig
+from ig_lightning.monitor.explainer import Explainer, find_faults, resolve_targets
+from ig_lightning.monitor.measure import alarm_limits, measure
+from ig_lightning.monitor.policy import AttributionDriftError, BreachPolicy
+from ig_lightning.monitor.probe import ModelInputs, Probe, Unpack, first_val_dataloader, take_probe
+from ig_lightning.monitor.tracking import ColorScales, DriftHistory, DriftReferences, RuleTracker
+from ig_lightning.output.markdown import Names
+from ig_lightning.output.report import Reporter, logger_step
+from ig_lightning.output.views import CheckRecord, make_view
 
 __all__ = ["AttributionDriftError", "IntegratedGradientsMonitor"]
-
-TARGETS = ("auto", "label", "prediction")
-REFERENCES = ("previous", "first")
-DELTA_FLOOR = 1e-3
-
-
-def _rank_sync(trainer: Trainer, device: torch.device) -> Callable[[int], int]:
-    """``sync(k)``: the largest ``k`` over the ranks, so that every rank runs as many forward passes as the busiest."""
-    def sync(k: int) -> int:
-        return int(trainer.strategy.reduce(torch.tensor(k, device=device), reduce_op="max"))
-    return sync
 
 
 class IntegratedGradientsMonitor(Callback):
@@ -68,12 +48,12 @@ class IntegratedGradientsMonitor(Callback):
     threshold is breached. Training itself is untouched: no parameter ``.grad``, buffer, module mode or
     global random stream is changed.
 
-    Every argument is checked here; what needs the model and the data (the probe's shapes, the layer,
-    targets, baseline, region and names) is checked when ``fit`` starts, before the first training step,
+    Every argument is validated here (:class:`~ig_lightning.monitor.config.MonitorConfig`); what needs the model and the data (the probe's shapes, the layer,
+    targets, baseline, region and names) is validated when ``fit`` starts, before the first training step,
     by taking the probe and running it through the model once.
 
     Args:
-        probe: An int ``N`` (the first ``N`` examples of the first validation dataset), the model's
+        probe: An int ``N`` (``N`` examples of the first validation dataset, see ``probe_selection``), the model's
             inputs (a Tensor, a tuple of positional Tensors, or a dict of keyword Tensors such as a Hugging
             Face batch), or an ``(inputs, labels)`` pair.
         target: Which output to explain: ``"auto"`` (the label when the probe has labels, else the
@@ -107,7 +87,15 @@ class IntegratedGradientsMonitor(Callback):
         drift_metric: ``"cosine"`` (1 - cosine similarity), ``"spearman"`` (1 - rank correlation) or
             ``"topk_jaccard"`` (1 - overlap of the ``top_k`` largest ``|attributions|``), averaged over the probe.
         drift_reference: Compare with the ``"previous"`` check or the ``"first"`` one.
-        drift_threshold: Breach when the drift exceeds it (``None`` = never).
+        drift_threshold: ``"auto"``: breach when a check's drift is more than ``drift_factor`` times the median
+            drift of the previous ``drift_window`` checks (``ig/drift_ratio``, calibrated on the run itself;
+            it needs 3 earlier drift values first). A number: breach when the drift exceeds it. ``None``: never.
+        drift_factor: With ``drift_threshold="auto"``: how many times its usual drift a check must move to breach.
+        drift_window: With ``drift_threshold="auto"``: how many previous checks the median spans.
+        drift_scope: What the drift alarm watches: ``"class"``, the drift of the class that moved most
+            (``ig/drift_class_max``; a change confined to a few classes is not diluted by the others) or
+            ``"probe"``, the mean over the probe (``ig/drift``). ``None``: ``"class"`` with ``"auto"``,
+            ``"probe"`` with a fixed threshold.
         completeness_threshold: Breach when the worst relative completeness error exceeds it.
         attribution_error_threshold: Breach when the worst estimated relative L2 error of the attributions
             (``ig/attribution_error_max``, logged with ``n_steps="auto"``) exceeds it.
@@ -115,9 +103,20 @@ class IntegratedGradientsMonitor(Callback):
             with a layer): logs ``ig/region_mass``, the share of absolute attribution inside it.
         region_threshold: Breach when ``ig/region_mass`` exceeds it (e.g. a model reading a watermark).
         warmup: Number of first checks whose breaches are ignored (early churn); NaN/inf always breach.
-        patience: Consecutive breaching checks before acting.
+        patience: Breaching checks before acting, counted over the last ``patience_window`` checks.
+        patience_window: ``None``: ``patience`` (the breaches must come in a row). Against the
+            ``"previous"`` check a sudden change of reasons is *one* check of high drift: with ``patience > 1``
+            give a window, or use ``patience=1``.
         on_breach: ``"warn"``, ``"stop"`` (end ``fit`` gracefully) or ``"raise"`` (:class:`AttributionDriftError`).
-        top_k: Features per class in the extracted rules, and ``k`` of ``topk_jaccard``.
+        top_k: Features per class in the extracted rules, ``k`` of ``topk_jaccard``, and the units the
+            deletion check removes.
+        deletion_check: At each check, set each example's ``top_k`` most attributed units (features, pixels,
+            tokens) to the baseline and log how much the explained output drops, against ``top_k`` random
+            units (``ig/deletion_drop``, ``ig/deletion_random_drop``, ``ig/deletion_ratio``), and how much
+            removing each class's rule drops its score. Forward passes only.
+        probe_selection: With an int ``probe`` and integer class labels: ``"stratified"`` spreads the ``N``
+            examples over the classes (by dataset index, the same on every rank; a warning names classes the
+            probe still misses), ``"first"`` takes the first ``N``.
         autocast: Run IG under the trainer's mixed-precision autocast (faster, less exact: the
             completeness error shows the price). Default: float32.
         kind: Pictures for ``"image"``, ``"text"`` or ``"tabular"`` inputs; ``"auto"`` guesses from shapes.
@@ -137,7 +136,7 @@ class IntegratedGradientsMonitor(Callback):
     Example::
 
         >>> from lightning.pytorch import Trainer
-        >>> monitor = IntegratedGradientsMonitor(probe=16, n_steps=32, drift_threshold=0.3, on_breach="stop")
+        >>> monitor = IntegratedGradientsMonitor(probe=16, drift_threshold="auto", on_breach="stop")
         >>> trainer = Trainer(callbacks=[monitor], logger=False, enable_progress_bar=False,
         ...                   enable_model_summary=False, enable_checkpointing=False)
     """
@@ -163,15 +162,21 @@ class IntegratedGradientsMonitor(Callback):
         every_n_epochs: int = 1,
         drift_metric: Literal["cosine", "spearman", "topk_jaccard"] = "cosine",
         drift_reference: Literal["previous", "first"] = "previous",
-        drift_threshold: float | None = None,
+        drift_threshold: float | Literal["auto"] | None = None,
+        drift_factor: float = 4.0,
+        drift_window: int = 5,
+        drift_scope: Literal["class", "probe"] | None = None,
         completeness_threshold: float | None = None,
         attribution_error_threshold: float | None = None,
         region: torch.Tensor | list | None = None,
         region_threshold: float | None = None,
         warmup: int = 0,
         patience: int = 1,
+        patience_window: int | None = None,
         on_breach: Literal["warn", "stop", "raise"] = "warn",
         top_k: int = 10,
+        deletion_check: bool = True,
+        probe_selection: Literal["stratified", "first"] = "stratified",
         autocast: bool = False,
         kind: Literal["auto", "image", "text", "tabular"] = "auto",
         vocabulary: Names = None,
@@ -181,137 +186,87 @@ class IntegratedGradientsMonitor(Callback):
         log_images: bool = True,
         color_headroom: float = 4.0,
     ) -> None:
-        self.given_inputs, self.given_labels, self.probe_size = check_probe(probe)
-        if isinstance(target, str):
-            check_choice(target, "target", TARGETS)
-        elif not callable(target):
-            check_int(target, "target", minimum=0)
-        self.target = target
-        self.baseline = check_baseline(baseline)
-        self.method = check_method(method)
-        self.n_steps = check_n_steps_or_auto(n_steps, self.method)
-        self.internal_batch_size = (
-            None if internal_batch_size is None else check_int(internal_batch_size, "internal_batch_size", minimum=1)
-        )
-        self.tolerance = check_positive_float(tolerance, "tolerance")
-        self.max_steps = check_n_steps(max_steps, self.method, name="max_steps")
-        if self.n_steps == "auto" and self.method == "riemann_trapezoid" and self.max_steps < 3:
-            raise ValueError(f"`max_steps` must be >= 3 for n_steps='auto' with riemann_trapezoid, got {max_steps}")
-        if layer is not None and not isinstance(layer, str):
-            raise TypeError(f"`layer` must be a submodule name such as 'embedding', got {type(layer).__name__}")
-        if layer is not None and not layer.strip():
-            raise ValueError(f"`layer` must name a submodule such as 'embedding', got {layer!r} (the whole model)")
-        self.layer = layer
-        self.attribute = check_attribute(attribute)
-        if isinstance(output_transform, str):
-            check_choice(output_transform, "output_transform", tuple(OUTPUT_TRANSFORMS))
-        elif output_transform is not None and not callable(output_transform):
-            raise TypeError(f"`output_transform` must be a name or a callable, got {type(output_transform).__name__}")
-        self.output_transform = output_transform
-        if unpack is not None and not callable(unpack):
-            raise TypeError(f"`unpack` must be callable, got {type(unpack).__name__}")
-        self.unpack = unpack or default_unpack
-        self.every_n_epochs = check_int(every_n_epochs, "every_n_epochs", minimum=1)
-        self.drift_metric = check_choice(drift_metric, "drift_metric", DRIFT_METRICS)
-        self.drift_reference = check_choice(drift_reference, "drift_reference", REFERENCES)
-        self.drift_threshold = check_optional_threshold(drift_threshold, "drift_threshold")
-        self.completeness_threshold = check_optional_threshold(completeness_threshold, "completeness_threshold")
-        self.attribution_error_threshold = check_optional_threshold(attribution_error_threshold,
-                                                                     "attribution_error_threshold")
-        if self.attribution_error_threshold is not None and self.n_steps != "auto":
-            raise ValueError("`attribution_error_threshold` needs n_steps='auto' (fixed rules give no error estimate)")
-        if isinstance(region, list):  # from a config file: nested lists of booleans
-            region = torch.tensor(region)
-        if region is not None and (not isinstance(region, torch.Tensor) or region.dtype != torch.bool):
-            raise TypeError(f"`region` must be a bool Tensor mask over one example's features, got {region!r}")
-        if region is not None and not bool(region.any()):
-            raise ValueError("`region` must select at least one feature, got an all-False mask")
-        self.region = region
-        self.region_threshold = check_optional_threshold(region_threshold, "region_threshold")
-        if self.region_threshold is not None and region is None:
-            raise ValueError("`region_threshold` needs a `region` mask")
-        self.warmup = check_int(warmup, "warmup", minimum=0)
-        self.patience = check_int(patience, "patience", minimum=1)
-        self.on_breach = check_choice(on_breach, "on_breach", ON_BREACH)
-        self.top_k = check_int(top_k, "top_k", minimum=1)
-        if not isinstance(autocast, bool):
-            raise TypeError(f"`autocast` must be a bool, got {autocast!r}")
-        self.autocast = autocast
-        self.kind = check_choice(kind, "kind", VIEW_KINDS)
-        self.vocabulary = check_vocabulary(vocabulary)
-        self.feature_names = check_names(feature_names, "feature_names")
-        self.class_names = check_names(class_names, "class_names")
-        self.max_images = check_int(max_images, "max_images", minimum=1)
-        if not isinstance(log_images, bool):
-            raise TypeError(f"`log_images` must be a bool, got {log_images!r}")
-        self.log_images = log_images
-        self.color_headroom = check_positive_float(color_headroom, "color_headroom")
-
-        # Progress (in the checkpoint): the probe, its targets, references and counters.
-        self.probe, self.probe_labels = self.given_inputs, self.given_labels
+        arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.config = MonitorConfig(**arguments)
+        self.names = MetricNames()
+        if self.config.drift_threshold is not None and self.config.drift_reference == "previous" and \
+                self.config.patience > 1 and self.config.patience_window is None:
+            rank_zero_warn(f"IntegratedGradientsMonitor: patience={patience} counts breaches in a row, but drift "
+                           "against the previous check shows a sudden change of reasons at one check only: such a "
+                           "change is never acted on. Use patience=1, or patience_window (e.g. "
+                           f"{2 * patience + 1}) to count breaches over a window")
+        # Progress (in the checkpoint).
+        self.probe: Probe | None = self.config.given_probe
         self.targets: torch.Tensor | None = None
-        self.first_scores: torch.Tensor | None = None
-        self.previous_scores: torch.Tensor | None = None
-        self.scales: torch.Tensor | None = None
-        self.rules: dict[int, list[tuple[int, float]]] = {}
+        self.references = DriftReferences()
+        self.color_scales = ColorScales(self.config.color_headroom)
+        self.rule_tracker = RuleTracker(self.config.top_k)
+        self.drift_history = DriftHistory(self.config.drift_window)
+        what = f"{drift_metric} vs {drift_reference} check"
+        describe = {self.names["drift"]: what, self.names["drift_class_max"]: f"worst class, {what}",
+                    self.names["drift_ratio"]: f"{what}, over the median of the last {drift_window} checks"}
+        self.policy = BreachPolicy(alarm_limits(self.config, self.names, has_classes=True), self.config.warmup,
+                                   self.config.patience, self.config.on_breach, describe, patience_window)
         self.checks = 0
-        self.policy = BreachPolicy({"ig/drift": self.drift_threshold,
-                                    "ig/completeness_error_max": self.completeness_threshold,
-                                    "ig/attribution_error_max": self.attribution_error_threshold,
-                                    "ig/region_mass": self.region_threshold},
-                                   self.warmup, self.patience, self.on_breach,
-                                   {"ig/drift": f"{self.drift_metric} vs {self.drift_reference} check"})
         self._single_output = False
         self._model_fingerprint: str | None = None
         # Per run, not saved.
         self.last_result: IGResult | None = None
         self.last_metrics: dict[str, float] = {}
-        self.rules_history: list[dict[str, Any]] = []
-        self._tensorboard: TensorBoardLogger | None = None
         self._layer_module: nn.Module | None = None
         self._explainer: Explainer | None = None
         self._reporter: Reporter | None = None
+        self._tensorboard: TensorBoardLogger | None = None
         self._batch: int | None = None
         self._model_ref: Callable[[], Any] | None = None
         self._kind: str | None = None
-        self._noted: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        """The arguments, read as plain attributes (``monitor.n_steps``), as Lightning's callbacks have them."""
+        config = self.__dict__.get("config")
+        if config is not None and name in config.__dataclass_fields__:
+            return getattr(config, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(
-            method=self.method, n_steps=self.n_steps, layer=self.layer, drift_metric=self.drift_metric,
-            target=self.target if isinstance(self.target, (str, int)) else "callable",
-        )
+        c = self.config
+        return self._generate_state_key(method=c.method, n_steps=c.n_steps, layer=c.layer, drift_metric=c.drift_metric,
+                                        target=c.target if isinstance(c.target, (str, int)) else "callable")
 
     @property
     def probe_inputs(self) -> torch.Tensor | ModelInputs | None:
         """The probe's inputs: a Tensor for a model with one positional input, else the :class:`ModelInputs`."""
-        if self.probe is not None and len(self.probe.args) == 1 and not self.probe.kwargs:
-            return self.probe.args[0]
-        return self.probe
+        if self.probe is None:
+            return None
+        inputs = self.probe.inputs
+        return inputs.args[0] if len(inputs.args) == 1 and not inputs.kwargs else inputs
+
+    @property
+    def rules(self) -> dict[int, list[tuple[int, float]]]:
+        """Each class's top ``(feature or token id, score)`` at the last check."""
+        return self.rule_tracker.rules
+
+    @property
+    def rules_history(self) -> list[dict[str, Any]]:
+        """The rules and their changes at every check of this run."""
+        return self.rule_tracker.history
 
     @property
     def breach_streak(self) -> int:
         return self.policy.streak
 
-    def _settings(self) -> dict[str, Any]:
-        """What makes the probe and its targets what they are: a checkpoint made with other settings is stale."""
-        return {"probe": self.probe_size, "layer": self.layer, "attribute": self.attribute,
-                "target": self.target if isinstance(self.target, (str, int)) else "callable",
-                "baseline": repr(self.baseline)[:200], "output_transform": self.output_transform
-                if isinstance(self.output_transform, (str, type(None))) else "callable"}
-
-    # --- setup: everything that can be checked before training -----------------------------------------
+    # --- setup: everything that can be validated before training --------------------------------------
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self.layer is not None:
+        if self.config.layer is not None:
             try:
-                self._layer_module = pl_module.get_submodule(self.layer)
+                self._layer_module = pl_module.get_submodule(self.config.layer)
             except AttributeError:
                 names = [n for n, _ in pl_module.named_modules() if n][:20]
-                raise ValueError(f"`layer` {self.layer!r} is not a submodule of the model; some names: {names}") \
-                    from None
-        fingerprint = model_fingerprint(pl_module)
+                raise ValueError(f"`layer` {self.config.layer!r} is not a submodule of the model; some names: "
+                                 f"{names}") from None
+        fingerprint = _model_fingerprint(pl_module)
         previous = self._model_ref() if self._model_ref is not None else None
         if (previous is not None and previous is not pl_module) or \
                 (self._model_fingerprint is not None and self._model_fingerprint != fingerprint):
@@ -320,21 +275,18 @@ class IntegratedGradientsMonitor(Callback):
             self._reset_progress()
         self._model_fingerprint, self._model_ref = fingerprint, weakref.ref(pl_module)
         self._tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-        if self._tensorboard is None and self.log_images:
-            rank_zero_info(
-                "IntegratedGradientsMonitor: no TensorBoardLogger in the trainer, so only scalars are logged "
-                "(add `logger=TensorBoardLogger(...)` for attribution pictures)"
-            )
-        self._reporter = Reporter(self._tensorboard, self.log_images, self._make_view)
+        if self._tensorboard is None and self.config.log_images:
+            rank_zero_info("IntegratedGradientsMonitor: no TensorBoardLogger in the trainer, so only scalars are "
+                           "logged (add `logger=TensorBoardLogger(...)` for attribution pictures)")
 
     def _reset_progress(self) -> None:
-        self.probe, self.probe_labels = self.given_inputs, self.given_labels
-        self.targets = self.first_scores = self.previous_scores = self.scales = None
-        self.rules, self.checks, self._single_output, self._explainer = {}, 0, False, None
-        self.policy.streak = 0
+        self.probe, self.targets, self.checks, self._single_output = self.config.given_probe, None, 0, False
+        self.references, self.color_scales = DriftReferences(), ColorScales(self.config.color_headroom)
+        self.rule_tracker, self.drift_history = RuleTracker(self.config.top_k), DriftHistory(self.config.drift_window)
+        self.policy.recent, self._explainer = [], None
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if preflight.will_check(trainer, pl_module, self.every_n_epochs):
+        if preflight.will_check(trainer, pl_module, self.config.every_n_epochs):
             self._prepare(trainer, pl_module)
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -342,18 +294,17 @@ class IntegratedGradientsMonitor(Callback):
             self._prepare(trainer, pl_module)
 
     def _prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Take the probe and check it against the model once, before any training step (cheap: no gradients)."""
+        """Take the probe and validate it against the model once, before any training step (no gradients)."""
         if self._explainer is not None:
             return
+        config = self.config
         with preserved_rng(pl_module.device):
             self._take_probe(trainer)
-            self._batch = preflight.points_per_forward(trainer, self.internal_batch_size, len(self.probe))
-            self._explainer = Explainer(self.probe, self.attribute, self._layer_module, self.layer,
-                                        self.output_transform, self.baseline)
-            self._explainer.check_baseline(self.probe)
-            outputs, layer_values = self._explainer.outputs(pl_module, self.probe, self._batch)
-            self._explainer.check_path(pl_module, self.probe, self._batch, layer_values)
-            self._kind = preflight.check_outputs(self, outputs, layer_values)
+            self._batch = preflight.points_per_forward(trainer, config.internal_batch_size, len(self.probe))
+            self._explainer = Explainer(self.probe.inputs, config.attribute, self._layer_module, config.layer,
+                                        config.output_transform, config.baseline)
+            self._kind = preflight.validate(config, self.probe, self._explainer, pl_module, self._batch)
+        self._reporter = Reporter(self._tensorboard, config.log_images, make_view(self._kind, config))
 
     def _take_probe(self, trainer: Trainer) -> None:
         if self.probe is not None:
@@ -364,13 +315,10 @@ class IntegratedGradientsMonitor(Callback):
         if loader is None:
             raise ValueError("`probe` is an int but the trainer has no validation dataloader to take it from: pass "
                              "`val_dataloaders` (or a datamodule with `val_dataloader`), or a Tensor probe")
-        inputs, labels = take_probe(loader, self.probe_size, self.unpack)
-        if len(inputs) < self.probe_size:
-            rank_zero_warn(f"IntegratedGradientsMonitor: `probe`={self.probe_size} but the validation data has "
-                           f"{len(inputs)} examples; the probe holds those {len(inputs)}")
+        probe = take_probe(loader, self.config.probe_size, self.config.unpack, self.config.probe_selection)
         # Map-style datasets give every rank the same probe; broadcasting also covers iterable ones.
-        inputs_state, labels = trainer.strategy.broadcast((inputs.state(), labels), src=0)
-        self.probe, self.probe_labels = ModelInputs.from_state(inputs_state), labels
+        self.probe = Probe.from_state(trainer.strategy.broadcast(probe.state(), src=0))
+        preflight.warn_about_coverage(self.probe, self.config.probe_size)
 
     # --- when to check -----------------------------------------------------------------------------
 
@@ -382,7 +330,7 @@ class IntegratedGradientsMonitor(Callback):
         if trainer.state.fn != "fit":
             return False
         # Inside fit: every n-th epoch, counted like Lightning's check_val_every_n_epoch.
-        return (trainer.current_epoch + 1) % self.every_n_epochs != 0
+        return (trainer.current_epoch + 1) % self.config.every_n_epochs != 0
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._should_skip_check(trainer):
@@ -390,153 +338,68 @@ class IntegratedGradientsMonitor(Callback):
         self._prepare(trainer, pl_module)
         with preserved_rng(pl_module.device):
             record, breaches = self._run_check(trainer, pl_module)
-        self._pass_on_notes()
+        self._explainer.pass_on_notes()
         if trainer.is_global_zero:  # pictures and files: rank zero only, and never fatal
             self._reporter.write(record)
         self.policy.act(trainer, breaches)
 
-    def _pass_on_notes(self) -> None:
-        """The engine's warnings (examples that did not converge, degenerate deltas), once per kind and run:
-        they would repeat at every check and for every group of examples."""
-        for note in self._explainer.notes:
-            kind = re.sub(r"[\d.e+-]+", "#", note)
-            if kind not in self._noted:
-                self._noted.add(kind)
-                rank_zero_warn(f"IntegratedGradientsMonitor: {note} (said once; `ig/attribution_error_max` and "
-                               "`ig/completeness_error_max` show it at every check)")
-        self._explainer.notes.clear()
-
     # --- the check ---------------------------------------------------------------------------------
 
     def _run_check(self, trainer: Trainer, pl_module: LightningModule) -> tuple[CheckRecord, list[str]]:
+        config, explainer, inputs = self.config, self._explainer, self.probe.inputs
         self._ensure_targets(trainer, pl_module)
         result = self._attribute(trainer, pl_module)
-        explainer = self._explainer
-        all_scores = explainer.scores(result, self.probe)
+        all_scores = explainer.scores(result, inputs)
         scores = all_scores[0]
         flat = [s.reshape(len(s), -1) for s in all_scores]
         vector = flat[0] if len(flat) == 1 else torch.cat(flat, 1)  # one view per example for drift
         finite = torch.isfinite(vector).all(1) & torch.isfinite(result.delta)
         relative = result.relative_error(DELTA_FLOOR)
-        metrics = self._measure(result, relative, scores, vector, finite)
+        metrics = measure(config, self.names, result, relative, scores, vector, finite, self.targets,
+                          self.references, self.drift_history, config.class_names)
+        self.references.update(vector, finite)
+        self.color_scales.update(scores, finite)
+        keys, mask = explainer.rule_keys(inputs, scores, self._kind)
+        targets = None if self.targets is None or not bool(finite.any()) else self.targets[finite]
+        changes = self.rule_tracker.update(keys[finite], scores.reshape(len(scores), -1)[finite], targets,
+                                           None if mask is None else mask[finite], trainer.current_epoch,
+                                           trainer.global_step)
+        rule_drops: dict[int, float] = {}
+        if config.deletion_check:
+            found, rule_drops = explainer.deletion(pl_module, inputs, scores, self.targets, keys, mask, self.rules,
+                                                   config.top_k, self._batch, seed=self.checks)
+            metrics.update({self.names[k]: v for k, v in found.items()})
         self._log_scalars(trainer, pl_module, metrics)
-        self._update_references(scores, vector, finite)
-        changes = self._update_rules(trainer, scores, finite)
         self.checks += 1
         self.last_result, self.last_metrics = result, metrics
-        display = self.probe[explainer.names[0]]
-        record = CheckRecord(logger_step(trainer), trainer.current_epoch, display, self.targets, scores,
-                             self.scales, relative, self.rules, changes, self._token_mask(display))
-        faults = find_faults(self.probe, result.delta, finite, trainer.current_epoch)
+        record = CheckRecord(logger_step(trainer), trainer.current_epoch, inputs[explainer.names[0]], self.targets,
+                             scores, self.color_scales.scales, relative, self.rules, changes,
+                             None if mask is None else mask.reshape(inputs[explainer.names[0]].shape), rule_drops)
+        faults = find_faults(inputs, result.delta, finite, trainer.current_epoch)
+        self.policy.limits = {k: v for k, v in alarm_limits(config, self.names, self.targets is not None).items()
+                              if v is not None}
         return record, self.policy.find(metrics, self.checks, trainer.current_epoch, faults)
 
     def _ensure_targets(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Fix the explained output per probe example (once), identically on every process."""
         if self.targets is not None or self._single_output:
             return
-        outputs, _ = self._explainer.outputs(pl_module, self.probe, self._batch)
-        targets = resolve_targets(self.target, outputs, self.probe_labels)
+        outputs, _ = self._explainer.outputs(pl_module, self.probe.inputs, self._batch)
+        targets = resolve_targets(self.config.target, outputs, self.probe.labels)
         self.targets = trainer.strategy.broadcast(targets, src=0)
         self._single_output = self.targets is None
 
     def _attribute(self, trainer: Trainer, pl_module: LightningModule) -> IGResult:
-        device = pl_module.device
-        precision = trainer.precision_plugin.forward_context() if self.autocast else \
+        config, device = self.config, pl_module.device
+        precision = trainer.precision_plugin.forward_context() if config.autocast else \
             torch.autocast(device.type, enabled=False)
-        sync = _rank_sync(trainer, device) if trainer.world_size > 1 and self.n_steps == "auto" else None
+        sync = _rank_sync(trainer, device) if trainer.world_size > 1 and config.n_steps == "auto" else None
         with eval_mode(pl_module), precision:
             return self._explainer.attribute(
-                trainer, pl_module, self.probe, self.targets, n_steps=self.n_steps, method=self.method,
-                internal_batch_size=self._batch, tolerance=self.tolerance, max_steps=self.max_steps,
+                trainer, pl_module, self.probe.inputs, self.targets, n_steps=config.n_steps, method=config.method,
+                internal_batch_size=self._batch, tolerance=config.tolerance, max_steps=config.max_steps,
                 delta_floor=DELTA_FLOOR, sync=sync,
             )
-
-    def _measure(self, result: IGResult, relative: torch.Tensor, scores: torch.Tensor, vector: torch.Tensor,
-                 finite: torch.Tensor) -> dict[str, float]:
-        """The check's scalars, over the examples whose attributions are finite (NaN when none is)."""
-        ok = finite if bool(finite.any()) else torch.ones_like(finite)
-        metrics = {
-            "ig/completeness_error": float(relative[ok].mean()),
-            "ig/completeness_error_max": float(relative[ok].max()),
-            "ig/delta_mean": float(result.delta[ok].mean()),
-            "ig/nonfinite_examples": float((~finite).sum()),
-        }
-        if self.n_steps == "auto":
-            metrics["ig/n_steps_mean"] = float(result.n_steps.double().mean())
-            estimate = result.attribution_error.double()[ok]
-            if bool(torch.isfinite(estimate).any()):
-                metrics["ig/attribution_error"] = float(estimate.nanmean())
-                metrics["ig/attribution_error_max"] = float(estimate[torch.isfinite(estimate)].max())
-        reference = self.previous_scores if self.drift_reference == "previous" else self.first_scores
-        if reference is not None:
-            comparable = finite & torch.isfinite(reference).all(1)
-            if bool(comparable.any()):
-                distances = drift_distances(vector[comparable], reference[comparable], k=self.top_k)
-                metrics.update({f"ig/drift_{name}": float(d.mean()) for name, d in distances.items()})
-                metrics["ig/drift"] = metrics[f"ig/drift_{self.drift_metric}"]
-        if self.region is not None:
-            metrics["ig/region_mass"] = self._region_mass(scores[ok])
-        return metrics
-
-    def _update_references(self, scores: torch.Tensor, vector: torch.Tensor, finite: torch.Tensor) -> None:
-        """Finite examples become references and get their colour scale; a non-finite one never does."""
-        rows = finite.view(-1, 1)
-        nan = torch.full_like(vector, float("nan"))
-        self.first_scores = torch.where(rows & ~torch.isfinite(self.first_scores).all(1, keepdim=True), vector,
-                                        self.first_scores) if self.first_scores is not None \
-            else torch.where(rows, vector, nan)
-        self.previous_scores = torch.where(rows, vector, nan if self.previous_scores is None else self.previous_scores)
-        scale = self.color_headroom * scores.reshape(len(scores), -1).abs().amax(1).clamp_min(1e-12)
-        if self.scales is None:
-            self.scales = torch.full_like(scale, float("nan"))
-        self.scales = torch.where(finite & torch.isnan(self.scales), scale, self.scales)
-
-    def _update_rules(self, trainer: Trainer, scores: torch.Tensor,
-                      finite: torch.Tensor) -> dict[int, dict[str, list[int]]] | None:
-        """Extract this check's rules (finite examples only) and what entered/left each class's top-k."""
-        previous = self.rules or None
-        if self.targets is not None and bool(finite.any()):
-            self.rules = self._extract_rules(scores[finite], self.targets[finite], finite)
-        changes = rule_changes(previous, self.rules) if self.rules else None
-        self.rules_history.append({"epoch": trainer.current_epoch, "step": trainer.global_step,
-                                   "rules": self.rules, "changes": changes})
-        return changes
-
-    def _token_mask(self, display: torch.Tensor) -> torch.Tensor | None:
-        """For token ids attributed at a layer: the positions that are real tokens (not padding nor baseline)."""
-        if self._resolved_kind() != "text":
-            return None
-        mask = torch.ones_like(display, dtype=torch.bool)
-        attention = self.probe.kwargs.get("attention_mask")
-        if attention is not None and attention.shape == display.shape:
-            mask &= attention.bool()
-        baseline = self._explainer.baselines_for(torch.device("cpu"))
-        if isinstance(baseline, tuple):
-            baseline = baseline[0]
-        base = torch.as_tensor(0 if baseline is None else baseline)
-        return mask & (display != base.expand_as(display))
-
-    def _extract_rules(self, scores: torch.Tensor, targets: torch.Tensor,
-                       finite: torch.Tensor) -> dict[int, list[tuple[int, float]]]:
-        flat = scores.reshape(len(scores), -1)
-        mask = self._token_mask(self.probe[self._explainer.names[0]])
-        if mask is not None:  # pool positions by token id, leaving out padding and baseline tokens
-            keys = self.probe[self._explainer.names[0]][finite].reshape(len(scores), -1).long()
-            mask = mask[finite].reshape(keys.shape)
-        else:
-            keys = torch.arange(flat.shape[1]).expand_as(flat)
-        return class_top_features(keys, flat, targets, k=self.top_k, mask=mask)
-
-    def _region_mass(self, scores: torch.Tensor) -> float:
-        """Share of ``|attribution|`` inside ``region``, over input features (tokens, with a layer)."""
-        mass = scores.abs().reshape(len(scores), -1)
-        region = self.region.expand(scores.shape[1:]).reshape(-1)
-        return float((mass[:, region].sum(1) / mass.sum(1).clamp_min(1e-30)).mean())
-
-    def _resolved_kind(self) -> str:
-        return self._kind or self.kind
-
-    # --- logging ------------------------------------------------------------------------------------
 
     def _log_scalars(self, trainer: Trainer, pl_module: LightningModule, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
@@ -544,53 +407,42 @@ class IntegratedGradientsMonitor(Callback):
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=trainer.world_size > 1,
                           batch_size=1)
 
-    def _make_view(self, record: CheckRecord) -> View:
-        kind = self._resolved_kind()
-        if kind == "text":
-            return TextView(self.vocabulary, self.class_names, self.max_images)
-        if kind == "tabular":
-            return TabularView(self.feature_names, self.class_names, max_examples=min(4, self.max_images))
-        return ImageView(self.class_names, self.max_images)
-
     # --- checkpoint ---------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "settings": self._settings(),
-            "model": self._model_fingerprint,
-            "probe": None if self.probe is None else self.probe.state(),
-            "probe_labels": self.probe_labels,
-            "targets": self.targets,
-            "first_scores": self.first_scores,
-            "previous_scores": self.previous_scores,
-            "scales": self.scales,
-            "rules": {int(c): [[int(k), float(v)] for k, v in r] for c, r in self.rules.items()},
-            "single_output": self._single_output,
-            "checks": self.checks,
-            "breach_streak": self.policy.streak,
-        }
+        return {"settings": self.config.identity(), "model": self._model_fingerprint,
+                "probe": None if self.probe is None else self.probe.state(), "targets": self.targets,
+                "single_output": self._single_output, "checks": self.checks,
+                **self.references.state_dict(), **self.color_scales.state_dict(), **self.rule_tracker.state_dict(),
+                **self.drift_history.state_dict(), **self.policy.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = state_dict.get("settings")
-        if saved is not None and saved != self._settings():
-            changed = sorted(k for k in set(saved) | set(self._settings()) if saved.get(k) != self._settings().get(k))
+        saved, current = state_dict.get("settings"), self.config.identity()
+        changed = sorted(k for k in (saved or {}) if saved[k] != current.get(k))  # keys new since: no change
+        if changed:
             rank_zero_warn(f"IntegratedGradientsMonitor: the checkpoint's monitor had other settings ({changed}); "
                            "its probe, targets and references are not used and are taken anew")
             return
         probe = state_dict.get("probe", state_dict.get("probe_inputs"))
         if probe is not None:
-            self.probe = ModelInputs.from_state(probe)
-            self.probe_labels = state_dict.get("probe_labels")
-        for key in ("targets", "first_scores", "previous_scores", "scales"):
-            if state_dict.get(key) is not None:
-                setattr(self, key, state_dict[key])
-        for key in ("first_scores", "previous_scores"):  # older checkpoints kept scores in the input's shape
-            value = getattr(self, key)
-            if value is not None:
-                setattr(self, key, value.reshape(len(value), -1).float())
+            self.probe = Probe.from_state(probe, state_dict.get("probe_labels"))
+        if state_dict.get("targets") is not None:
+            self.targets = state_dict["targets"]
+        for part in (self.references, self.color_scales, self.rule_tracker, self.drift_history, self.policy):
+            part.load_state_dict(state_dict)
         self._single_output = bool(state_dict.get("single_output", False))
         self._model_fingerprint = state_dict.get("model", self._model_fingerprint)
-        self.rules = {int(c): [(int(k), float(v)) for k, v in r] for c, r in state_dict.get("rules", {}).items()}
         self.checks = state_dict.get("checks", self.checks)
-        self.policy.streak = state_dict.get("breach_streak", self.policy.streak)
-        self._explainer = None  # checked again against the model before the next check
+        self._explainer = None  # validated again against the model before the next check
+
+
+def _rank_sync(trainer: Trainer, device: torch.device) -> Callable[[int], int]:
+    """``sync(k)``: the largest ``k`` over the ranks, so that every rank runs as many forward passes as the busiest."""
+    def sync(k: int) -> int:
+        return int(trainer.strategy.reduce(torch.tensor(k, device=device), reduce_op="max"))
+    return sync
+
+
+def _model_fingerprint(module: nn.Module) -> str:
+    shapes = ",".join(f"{n}:{tuple(p.shape)}" for n, p in module.named_parameters())
+    return f"{type(module).__qualname__}[{shapes}]"

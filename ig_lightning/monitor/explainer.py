@@ -8,18 +8,24 @@ everything else passed unchanged at every path point, and gathers the shards in 
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from typing import Any, Callable, Sequence
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from ig_lightning._validation import check_target
+from ig_lightning._validation import validate_target
 from ig_lightning.functional._hooks import tap_layers
 from ig_lightning.functional._inputs import make_baselines, model_output
+from ig_lightning.functional.deletion import DeletionResult, deletion_drop, rule_deletion_drop
 from ig_lightning.functional.integrated_gradients import IGResult, NonFiniteAttributionWarning, integrated_gradients
-from ig_lightning.monitor.probe import LAYER_INPUT_KEYS, ModelInputs, Name
 from ig_lightning.monitor._isolation import eval_mode
+from ig_lightning.monitor.probe import LAYER_INPUT_KEYS, ModelInputs, Name
+
+#: Floor of ``|F(x) - F(baseline)|`` in the deletion check's relative drops.
+DELETION_FLOOR = 1e-3
 
 OUTPUT_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "softmax": lambda out: out.softmax(-1),
@@ -76,6 +82,7 @@ class Explainer:
         self.layer, self.layer_name, self.transform = layer, layer_name, output_transform
         self.n = len(inputs)
         self.notes: list[str] = []  # the engine's warnings during checks, for the monitor to pass on
+        self._noted: set[str] = set()
         self.names = self._choose(inputs, attribute, layer is not None)
         self.others = [name for name in inputs.names if name not in self.names]
         self.baseline = self._order_baseline(baseline)
@@ -137,7 +144,7 @@ class Explainer:
                             "got one Tensor")
         return move(self.baseline)
 
-    def check_baseline(self, inputs: ModelInputs) -> None:
+    def validate_baseline(self, inputs: ModelInputs) -> None:
         """Raise now, naming ``baseline``, if it does not fit the attributed inputs."""
         attributed, _ = self.split(inputs)
         try:
@@ -170,14 +177,19 @@ class Explainer:
                 outs.append(out.detach().float().cpu())
         return torch.cat(outs), layer_values
 
-    def check_path(self, model: nn.Module, inputs: ModelInputs, batch: int, layer_values: list[torch.Tensor]) -> None:
+    def validate_path(self, model: nn.Module, inputs: ModelInputs, batch: int,
+                      layer_values: list[torch.Tensor]) -> torch.Tensor:
         """Run the model on the baseline once: it must run (e.g. a baseline token id inside the vocabulary) and
-        differ from the inputs where attributions are taken, or there is nothing to attribute."""
+        differ from the inputs where attributions are taken, or there is nothing to attribute.
+
+        Returns:
+            The explained outputs at the baseline, ``(B,)``/``(B, C)`` on CPU.
+        """
         attributed, _ = self.split(inputs)
         bases = make_baselines(self.baselines_for(torch.device("cpu"), torch.arange(self.n)), attributed)
         at_baseline = inputs.replace(dict(zip(self.names, bases)))
         try:
-            _, base_values = self.outputs(model, at_baseline, batch)
+            base_outputs, base_values = self.outputs(model, at_baseline, batch)
         except Exception as error:  # noqa: BLE001  named and re-raised
             raise ValueError(f"the model fails on the `baseline` ({type(error).__name__}: {error}); with a `layer`, "
                              "the baseline holds token ids (0 by default) that must be valid inputs") from error
@@ -187,6 +199,7 @@ class Explainer:
             where = f"the output of `layer` {self.layer_name!r}" if self.layer is not None else "the attributed inputs"
             raise ValueError(f"{where} on the `baseline` equals that on the probe for every example: there is nothing "
                              f"to attribute (attributed inputs: {self.names}; check `attribute` and `baseline`)")
+        return base_outputs
 
     def attribute(self, trainer: Any, model: nn.Module, inputs: ModelInputs, targets: torch.Tensor | None,
                   **engine_kwargs: Any) -> IGResult:
@@ -243,6 +256,91 @@ class Explainer:
         return out
 
 
+    def pass_on_notes(self) -> None:
+        """The engine's warnings (examples that did not converge, degenerate deltas), once per kind and run:
+        they would repeat at every check and for every group of examples (a kind: the message without its
+        numbers)."""
+        for note in self.notes:
+            kind = re.sub(r"[\d.e+-]+", "#", note)
+            if kind not in self._noted:
+                self._noted.add(kind)
+                rank_zero_warn(f"IntegratedGradientsMonitor: {note} (said once; `ig/attribution_error_max` and "
+                               "`ig/completeness_error_max` show it at every check)")
+        self.notes.clear()
+
+    def rule_keys(self, inputs: ModelInputs, scores: torch.Tensor,
+                  kind: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The key of every score ``(B, D)`` (token ids for text, so a word pools over positions; else the flat
+        feature index) and, for text, which positions are real tokens (not padding, not the baseline token)."""
+        flat = scores.reshape(len(scores), -1)
+        if kind != "text":
+            return torch.arange(flat.shape[1]).expand_as(flat), None
+        ids = inputs[self.names[0]]
+        mask = torch.ones_like(ids, dtype=torch.bool)
+        attention = inputs.kwargs.get("attention_mask")
+        if attention is not None and attention.shape == ids.shape:
+            mask &= attention.bool()
+        baseline = self.baselines_for(torch.device("cpu"))
+        base = torch.as_tensor(0 if (baseline[0] if isinstance(baseline, tuple) else baseline) is None
+                               else (baseline[0] if isinstance(baseline, tuple) else baseline))
+        mask &= ids != base.expand_as(ids)
+        return ids.reshape(flat.shape).long(), mask.reshape(flat.shape)
+
+    def deletion(self, model: nn.Module, inputs: ModelInputs, scores: torch.Tensor, targets: torch.Tensor | None,
+                 keys: torch.Tensor, mask: torch.Tensor | None, rules: dict[int, list[tuple[int, float]]], k: int,
+                 batch: int, seed: int) -> tuple[dict[str, float], dict[int, float]]:
+        """Whether the attributions point at what the model uses: the ``k`` top units of each example set to the
+        baseline, against ``k`` random ones (``deletion_*`` scalars), and each class's rule removed from its
+        examples (relative drop of the class's score). Forward passes only, a group of ``batch`` examples at a
+        time; the random units come from a generator seeded with ``seed`` (never the global stream).
+
+        Empty when the scores do not map onto the attributed input (a layer that is not per token)."""
+        primary = inputs[self.names[0]]
+        flat = scores.reshape(len(scores), -1)
+        features = math.prod(primary.shape[1:])
+        if flat.shape[1] != features and not (primary.ndim == 4 and flat.shape[1] * primary.shape[1] == features):
+            return {}, {}
+        units = None
+        if flat.shape[1] != features:  # (B, C, H, W) input with (B, H, W) scores: a pixel's channels together
+            units = torch.arange(flat.shape[1]).view(1, *primary.shape[2:]).expand(primary.shape[1:])
+        elif primary.ndim == 4 and primary.shape[1] > 1:  # RGB: one unit per pixel, scored by its channels' sum
+            flat = scores.reshape(*primary.shape).sum(1).reshape(len(scores), -1)
+            units = torch.arange(flat.shape[1]).view(1, *primary.shape[2:]).expand(primary.shape[1:])
+        generator = torch.Generator().manual_seed(seed)
+        parts, rule_parts = [], {}
+        for start in range(0, len(inputs), batch):
+            idx = torch.arange(start, min(start + batch, len(inputs)))
+            group = inputs.map(lambda t: on_model(model, t[idx]))
+            attributed, others = self.split(group)
+            forward = self.forward(model, group)
+            run = lambda x: forward(x, *attributed[1:], *others)  # noqa: E731
+            base = make_baselines(self.baselines_for(attributed[0].device, idx), attributed)[0]
+            target = None if targets is None else targets[idx].to(attributed[0].device)
+            with eval_mode(model):
+                parts.append(deletion_drop(run, attributed[0], base, flat[idx], k=k, target=target, units=units,
+                                           eligible=None if mask is None else mask[idx], generator=generator,
+                                           delta_floor=DELETION_FLOOR))
+                if rules and targets is not None:
+                    found = rule_deletion_drop(run, attributed[0], base, keys[idx].reshape(primary[idx].shape),
+                                               {c: [key for key, _ in r] for c, r in rules.items()}, targets[idx],
+                                               delta_floor=DELETION_FLOOR)
+                    for c, drop in found.items():  # weighted by the group's examples of the class
+                        rule_parts.setdefault(c, []).append((drop, int((targets[idx] == c).sum())))
+        summary = _join_deletions(parts).summary()
+        return summary, {c: _weighted_mean(v) for c, v in rule_parts.items()}
+
+
+def _join_deletions(parts: list[DeletionResult]) -> DeletionResult:
+    fields = ("output", "baseline_output", "deleted", "randomized", "top_units", "random_units")
+    return DeletionResult(*(torch.cat([getattr(p, f) for p in parts]) for f in fields), parts[0].delta_floor)
+
+
+def _weighted_mean(values: list[tuple[float, int]]) -> float:
+    finite = [(v, n) for v, n in values if math.isfinite(v) and n]
+    total = sum(n for _, n in finite)
+    return sum(v * n for v, n in finite) / total if total else math.nan
+
+
 def per_token(layer_shape: Sequence[int], input_shape: Sequence[int]) -> bool:
     """Whether attributions at a layer are per token (or patch) and hidden unit, to be summed over the hidden units:
     an embedding's ``(B, L, H)`` for ids ``(B, L)``, or a transformer's ``(B, T, H)`` for other inputs (a vision
@@ -293,9 +391,9 @@ def resolve_targets(target: Any, outputs: torch.Tensor, labels: torch.Tensor | N
     elif target == "prediction":
         chosen = outputs.argmax(-1)
     elif callable(target):
-        chosen = check_target(target(outputs, labels), n)
+        chosen = validate_target(target(outputs, labels), n)
     else:
-        chosen = check_target(target, n)
+        chosen = validate_target(target, n)
     bad = (chosen < 0) | (chosen >= n_classes)
     if bool(bad.any()):
         source = "labels" if target == "label" else "`target`"

@@ -4,7 +4,7 @@ Example::
 
     >>> policy = BreachPolicy({"ig/drift": 0.3}, warmup=0, patience=1, on_breach="warn")
     >>> policy.find({"ig/drift": 0.5}, checks=1, epoch=3)
-    ['ig/drift (drift from the reference check) = 0.5 > drift_threshold=0.3 at epoch 3']
+    ['ig/drift (drift from the reference check (drift_metric, over the probe)) = 0.5 > drift_threshold=0.3 at epoch 3']
 """
 
 from __future__ import annotations
@@ -13,15 +13,9 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_warn
 
-ON_BREACH = ("warn", "stop", "raise")
+from ig_lightning.monitor.config import METRICS, ON_BREACH, THRESHOLDS
 
-#: The metric each threshold watches: (argument name, what it measures).
-THRESHOLDS = {
-    "ig/drift": ("drift_threshold", "drift from the reference check"),
-    "ig/completeness_error_max": ("completeness_threshold", "worst relative completeness error"),
-    "ig/attribution_error_max": ("attribution_error_threshold", "worst estimated relative L2 error of attributions"),
-    "ig/region_mass": ("region_threshold", "share of |attribution| inside `region`"),
-}
+__all__ = ["ON_BREACH", "AttributionDriftError", "BreachPolicy"]
 
 
 class AttributionDriftError(RuntimeError):
@@ -29,49 +23,73 @@ class AttributionDriftError(RuntimeError):
 
 
 class BreachPolicy:
-    """Finds breaches in a check's metrics and acts on them after ``patience`` checks in a row.
+    """Finds breaches in a check's metrics and acts when ``patience`` of the last ``patience_window`` checks breached.
 
     Args:
-        limits: Metric name (a key of :data:`THRESHOLDS`) to its threshold; ``None`` thresholds are left out.
-        describe: Metric name to a description for messages, in place of :data:`THRESHOLDS`'.
+        limits: Logged metric name (``prefix/key``, ``key`` in :data:`~ig_lightning.monitor.config.THRESHOLDS`)
+            to its threshold; ``None`` thresholds are left out.
         warmup: Number of first checks whose threshold breaches are ignored. Faults (NaN/inf) always count.
-        patience: Consecutive breaching checks before acting.
+        patience: Breaching checks needed before acting.
         on_breach: ``"warn"``, ``"stop"`` or ``"raise"``.
+        describe: Metric name to a description for messages, in place of :data:`~ig_lightning.monitor.config.METRICS`'.
+        patience_window: The breaching checks are counted over this many last checks; ``None``: ``patience``
+            (the breaches must come in a row).
     """
 
     def __init__(self, limits: dict[str, float | None], warmup: int, patience: int, on_breach: str,
-                 describe: dict[str, str] | None = None) -> None:
+                 describe: dict[str, str] | None = None, patience_window: int | None = None) -> None:
         self.limits = {k: v for k, v in limits.items() if v is not None}
-        self.describe = {k: what for k, (_, what) in THRESHOLDS.items()} | (describe or {})
+        self.describe = describe or {}
         self.warmup, self.patience, self.on_breach = warmup, patience, on_breach
-        self.streak = 0
+        self.window = patience_window or patience
+        self.recent: list[bool] = []  # whether each of the last `window` checks breached
+
+    @property
+    def streak(self) -> int:
+        """Breaching checks among the last ``patience_window`` (in a row, by default)."""
+        return sum(self.recent)
+
+    @streak.setter
+    def streak(self, value: int) -> None:  # checkpoints of earlier versions kept a streak of checks in a row
+        self.recent = [True] * min(int(value), self.window)
 
     def find(self, metrics: dict[str, float], checks: int, epoch: int, faults: list[str] | None = None) -> list[str]:
         """What this check breaches; ``checks`` counts this check."""
         found = list(faults or [])
         if checks <= self.warmup:
             return found
-        for key, limit in self.limits.items():
-            value = metrics.get(key)
+        for name, limit in self.limits.items():
+            value = metrics.get(name)
             if value is not None and value > limit:
-                name = THRESHOLDS[key][0]
-                found.append(f"{key} ({self.describe[key]}) = {value:.4g} > {name}={limit:g} at epoch {epoch}")
+                key = name.split("/", 1)[1]
+                what = self.describe.get(name, METRICS.get(key, key))
+                found.append(f"{name} ({what}) = {value:.4g} > {THRESHOLDS[key]}={limit:g} at epoch {epoch}")
         return found
 
     def act(self, trainer: Any, breaches: list[str]) -> None:
-        """Count the streak, decide on every rank together, then warn, stop or raise everywhere."""
-        self.streak = self.streak + 1 if breaches else 0
-        should_act = self.streak >= self.patience
+        """Count the breaches in the window, decide on every rank together, then warn, stop or raise everywhere."""
+        self.recent = (self.recent + [bool(breaches)])[-self.window:]
+        should_act = bool(breaches) and self.streak >= self.patience
         # Every rank sees the same gathered attributions, but decide globally anyway: nobody acts alone.
         should_act = trainer.strategy.reduce_boolean_decision(should_act, all=False)
         if not should_act:
             return
         message = "IntegratedGradientsMonitor: " + "; ".join(breaches or ["a threshold was breached on another rank"])
         if self.patience > 1:
-            message += f" ({self.streak} checks in a row)"
+            span = "in a row" if self.window == self.patience else f"of the last {self.window}"
+            message += f" ({self.streak} checks {span})"
         if self.on_breach == "raise":
             raise AttributionDriftError(message)
         if self.on_breach == "stop":
             trainer.should_stop = True
             message += ": stopping the run"
         rank_zero_warn(message)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"breach_streak": self.streak, "recent_breaches": list(self.recent)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "recent_breaches" in state:
+            self.recent = [bool(b) for b in state["recent_breaches"]][-self.window:]
+        else:
+            self.streak = state.get("breach_streak", 0)

@@ -7,16 +7,24 @@ Called when ``fit`` starts (after Lightning's sanity check, before the first tra
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
-from ig_lightning.monitor.config import batch_size_of
-from ig_lightning.monitor.explainer import per_token, resolve_targets
-from ig_lightning.monitor.probe import first_val_dataloader
+from torch import nn
+
+from ig_lightning.monitor.config import DELTA_FLOOR, MonitorConfig
+from ig_lightning.monitor.explainer import Explainer, per_token, resolve_targets
+from ig_lightning.monitor.probe import Probe, first_val_dataloader
 from ig_lightning.output.views import infer_kind
+
+#: The baseline is "predicted with high confidence" above this softmax probability (on most examples).
+BASELINE_CONFIDENCE = 0.9
+#: Warn when more than this share of the probe has ``|F(x) - F(baseline)| < DELTA_FLOOR``.
+BASELINE_FLAT_SHARE = 0.25
 
 
 def will_check(trainer: Trainer, pl_module: LightningModule, every_n_epochs: int) -> bool:
@@ -53,6 +61,18 @@ def request_val_dataloader(trainer: Trainer) -> Any:
     return first_val_dataloader(trainer.val_dataloaders)
 
 
+def batch_size_of(loader: Any) -> int | None:
+    """The batch size of a DataLoader (or the first of several), if it says."""
+    if isinstance(loader, Mapping):
+        loader = next(iter(loader.values()), None)
+    if isinstance(loader, (list, tuple)):
+        loader = loader[0] if loader else None
+    size = getattr(loader, "batch_size", None)
+    if size is None:
+        size = getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
+    return size if isinstance(size, int) and size > 0 else None
+
+
 def points_per_forward(trainer: Trainer, override: int | None, probe_size: int) -> int:
     """Path points per forward/backward: ``override``, else the training batch size (validation's under
     ``trainer.validate``), so that a check needs no more memory than a training step."""
@@ -64,11 +84,32 @@ def points_per_forward(trainer: Trainer, override: int | None, probe_size: int) 
     return next((s for s in sizes if s), probe_size)
 
 
-def check_outputs(monitor: Any, outputs: torch.Tensor, layer_values: list[torch.Tensor]) -> str:
+def validate(config: MonitorConfig, probe: Probe, explainer: Explainer, model: nn.Module, batch: int) -> str:
+    """Run the probe and the baseline through the model once (no gradients) and validate every setting that
+    depends on them; warn when the baseline is not neutral for the model.
+
+    Returns:
+        The kind of pictures: ``"image"``, ``"text"`` or ``"tabular"``.
+
+    Raises:
+        ValueError: a setting that does not fit the model or the data, naming the argument.
+    """
+    explainer.validate_baseline(probe.inputs)
+    outputs, layer_values = explainer.outputs(model, probe.inputs, batch)
+    base_outputs = explainer.validate_path(model, probe.inputs, batch, layer_values)
+    kind = validate_outputs(config, probe, explainer, outputs, layer_values)
+    warn_about_baseline(config, probe, outputs, base_outputs)
+    return kind
+
+
+def validate_outputs(config: MonitorConfig, probe: Probe, explainer: Explainer, outputs: torch.Tensor,
+                     layer_values: list[torch.Tensor]) -> str:
     """Everything the model's outputs on the probe settle: targets, transform, names, kind, region.
 
     Args:
-        monitor: The :class:`~ig_lightning.IntegratedGradientsMonitor` (its arguments, probe and explainer).
+        config: The monitor's settings.
+        probe: The probe.
+        explainer: Which inputs are attributed.
         outputs: The explained outputs on the probe, ``(B,)`` or ``(B, C)``.
         layer_values: With a layer, its floating tensors on the first chunk of the probe.
 
@@ -78,49 +119,97 @@ def check_outputs(monitor: Any, outputs: torch.Tensor, layer_values: list[torch.
     Raises:
         ValueError: a setting that does not fit the model or the data, naming the argument.
     """
-    n = len(monitor.probe)
+    n = len(probe)
     single = outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] == 1)
-    if single and monitor.output_transform in ("softmax", "log_softmax"):
-        raise ValueError(f"`output_transform`={monitor.output_transform!r} over a model with one output per example "
+    if single and config.output_transform in ("softmax", "log_softmax"):
+        raise ValueError(f"`output_transform`={config.output_transform!r} over a model with one output per example "
                          "normalises over nothing (always 1 / 0): use 'sigmoid' or no transform")
-    # Targets are fixed at the first check; resolving them now only checks them (labels in range, ...).
-    resolve_targets(monitor.target, outputs, None if monitor.target == "prediction" else monitor.probe_labels)
+    # Targets are fixed at the first check; resolving them now only validates them (labels in range, ...).
+    resolve_targets(config.target, outputs, None if config.target == "prediction" else probe.labels)
     n_classes = None if single else outputs.shape[1]
-    if monitor.class_names is not None and n_classes is not None and len(monitor.class_names) != n_classes:
-        raise ValueError(f"`class_names` has {len(monitor.class_names)} names but the model has {n_classes} outputs")
-    primary = monitor.probe[monitor._explainer.names[0]]
+    if config.class_names is not None and n_classes is not None and len(config.class_names) != n_classes:
+        raise ValueError(f"`class_names` has {len(config.class_names)} names but the model has {n_classes} outputs")
+    primary = probe.inputs[explainer.names[0]]
     shape = tuple(primary.shape[1:])
     if layer_values:
         out = layer_values[0]
         shape = tuple(out.shape[1:-1]) if per_token(out.shape, primary.shape) else tuple(out.shape[1:])
-    fake_scores = torch.zeros(min(n, 2), *shape)
-    kind = monitor.kind if monitor.kind != "auto" else infer_kind(primary, fake_scores, monitor.layer)
-    if kind == "image" and (fake_scores.ndim not in (3, 4) or shape != tuple(primary.shape[1:])):
-        if monitor.kind == "image":
-            raise ValueError(f"`kind`='image' needs attributions shaped like the input image "
-                             f"{tuple(primary.shape[1:])}, got {shape} (at `layer`={monitor.layer!r})")
-        kind = "tabular"  # e.g. a vision transformer's patches: one bar per patch
-    if kind == "text" and (primary.is_floating_point() or monitor.layer is None):
-        raise ValueError("`kind`='text' needs integer token ids attributed at an embedding `layer`")
+    kind = decide_kind(config.kind, primary, shape, config.layer)
     features = math.prod(shape)
-    if kind == "tabular" and monitor.feature_names is not None and len(monitor.feature_names) != features:
-        raise ValueError(f"`feature_names` has {len(monitor.feature_names)} names but the inputs have {features} "
+    if kind == "tabular" and config.feature_names is not None and len(config.feature_names) != features:
+        raise ValueError(f"`feature_names` has {len(config.feature_names)} names but the inputs have {features} "
                          "features")
-    vocab = monitor.vocabulary
+    vocab = config.vocabulary
     if kind == "text" and isinstance(vocab, list) and int(primary.max()) >= len(vocab):
         raise ValueError(f"`vocabulary` has {len(vocab)} tokens but the probe holds token id {int(primary.max())}")
-    if monitor.drift_metric == "topk_jaccard" and features <= monitor.top_k:
-        rank_zero_warn(f"IntegratedGradientsMonitor: drift_metric='topk_jaccard' compares the top_k={monitor.top_k} "
+    if config.drift_metric == "topk_jaccard" and features <= config.top_k:
+        rank_zero_warn(f"IntegratedGradientsMonitor: drift_metric='topk_jaccard' compares the top_k={config.top_k} "
                        f"features of each example, but the probe has {features}: it is always 0 (lower top_k)")
-    labels = monitor.probe_labels
-    if monitor.target == "auto" and labels is not None and (labels.dtype.is_floating_point or labels.ndim != 1):
+    labels = probe.labels
+    if config.target == "auto" and labels is not None and (labels.dtype.is_floating_point or labels.ndim != 1):
         rank_zero_warn(f"IntegratedGradientsMonitor: the probe's labels ({labels.dtype}, shape "
                        f"{tuple(labels.shape)}) are not class indices, so target='auto' explains the prediction; "
                        "if `probe` is a pair of inputs, pass it as ((a, b), None)")
-    if monitor.region is not None:
+    if config.region is not None:
         try:
-            monitor.region.expand(shape)
+            config.region.expand(shape)
         except RuntimeError:
-            raise ValueError(f"`region` of shape {tuple(monitor.region.shape)} does not broadcast to one example's "
+            raise ValueError(f"`region` of shape {tuple(config.region.shape)} does not broadcast to one example's "
                              f"scores {shape}") from None
     return kind
+
+
+def warn_about_coverage(probe: Probe, size: int) -> None:
+    """Warn when the data holds fewer examples than asked for, or the probe misses classes of the validation data
+    (its rules and per-class drift cannot see them)."""
+    if len(probe) < size:
+        rank_zero_warn(f"IntegratedGradientsMonitor: `probe`={size} but the validation data has {len(probe)} "
+                       f"examples; the probe holds those {len(probe)}")
+    missing = probe.missing_classes()
+    if missing:
+        rank_zero_warn(f"IntegratedGradientsMonitor: the probe ({len(probe)} examples) holds no example of "
+                       f"validation classes {missing[:20]}: they get no rules and no drift; raise `probe` (it is "
+                       f"{size}) to at least the number of classes ({len(probe.classes)})")
+
+
+def warn_about_baseline(config: MonitorConfig, probe: Probe, outputs: torch.Tensor, base_outputs: torch.Tensor) -> None:
+    """Warn when the baseline is not neutral: predicted as one class with high confidence, or so close to the
+    inputs in output that many attributions explain (nearly) nothing."""
+    hints = ("try another `baseline` (for images: a blurred or mean image; for text: the pad or mask token id, "
+             "or keep the special tokens with `baseline=ig_lightning.special_token_baseline(...)`)")
+    single = outputs.ndim == 1 or outputs.shape[1] == 1
+    if not single and config.output_transform is None:
+        confidence, predicted = base_outputs.float().softmax(-1).max(-1)
+        confident = confidence > BASELINE_CONFIDENCE
+        if bool(confident.float().mean() > 0.5):
+            top = int(predicted[confident].mode().values)
+            rank_zero_warn(f"IntegratedGradientsMonitor: the model predicts the `baseline` as class {top} with "
+                           f"confidence {float(confidence[confident].mean()):.2f}: it is not neutral, and "
+                           f"attributions then explain the distance from class {top}; {hints}")
+    try:
+        targets = resolve_targets(config.target, outputs, None if config.target == "prediction" else probe.labels)
+    except ValueError:
+        return
+    pick = (lambda o: o.reshape(len(o), -1)[:, 0]) if targets is None else \
+        (lambda o: o.gather(1, targets.view(-1, 1)).flatten())
+    delta = (pick(outputs.float()) - pick(base_outputs.float())).abs()
+    flat = delta < DELTA_FLOOR
+    if bool(flat.float().mean() > BASELINE_FLAT_SHARE):
+        rank_zero_warn(f"IntegratedGradientsMonitor: for {int(flat.sum())} of {len(delta)} probe examples the "
+                       f"explained output barely differs between the input and the `baseline` (|F(x) - "
+                       f"F(baseline)| < {DELTA_FLOOR}): their attributions say nothing; {hints}")
+
+
+def decide_kind(kind: str, primary: torch.Tensor, shape: tuple[int, ...], layer: str | None) -> str:
+    """The one place the kind of pictures is decided: ``kind``, or guessed from the attributed input and the
+    shape of one example's scores."""
+    fake_scores = torch.zeros(2, *shape)
+    resolved = kind if kind != "auto" else infer_kind(primary, fake_scores, layer)
+    if resolved == "image" and (fake_scores.ndim not in (3, 4) or shape != tuple(primary.shape[1:])):
+        if kind == "image":
+            raise ValueError(f"`kind`='image' needs attributions shaped like the input image "
+                             f"{tuple(primary.shape[1:])}, got {shape} (at `layer`={layer!r})")
+        resolved = "tabular"  # e.g. a vision transformer's patches: one bar per patch
+    if resolved == "text" and (primary.is_floating_point() or layer is None):
+        raise ValueError("`kind`='text' needs integer token ids attributed at an embedding `layer`")
+    return resolved

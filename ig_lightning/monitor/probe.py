@@ -8,9 +8,11 @@ Example::
     >>> import torch
     >>> from torch.utils.data import DataLoader, TensorDataset
     >>> data = TensorDataset(torch.arange(10.0).view(5, 2), torch.tensor([0, 1, 0, 1, 1]))
-    >>> inputs, labels = take_probe(DataLoader(data, batch_size=2, shuffle=True), 3)
-    >>> inputs.args[0][:, 0].tolist(), labels.tolist()
-    ([0.0, 2.0, 4.0], [0, 1, 0])
+    >>> probe = take_probe(DataLoader(data, batch_size=2, shuffle=True), 3, selection="first")
+    >>> probe.inputs.args[0][:, 0].tolist(), probe.labels.tolist(), probe.indices
+    ([0.0, 2.0, 4.0], [0, 1, 0], [0, 1, 2])
+    >>> take_probe(DataLoader(data, batch_size=2), 2).indices  # stratified: one example of each class
+    [0, 1]
     >>> inputs, labels = default_unpack({"input_ids": torch.ones(2, 4, dtype=torch.long),
     ...                                  "attention_mask": torch.ones(2, 4), "labels": torch.tensor([0, 1])})
     >>> inputs.names, labels.tolist()
@@ -38,6 +40,10 @@ INPUT_KEYS = ("x", "input", "inputs", "image", "images", "features")
 LABEL_KEYS = ("y", "label", "labels", "target", "targets")
 #: Keyword inputs that are attributed by default with ``layer=`` (the ones a baseline replaces).
 LAYER_INPUT_KEYS = ("input_ids", "pixel_values", "input_values", "input_features", "inputs_embeds")
+#: How ``probe=N`` picks its examples: spread over the classes by dataset index, or the first ``N``.
+PROBE_SELECTIONS = ("stratified", "first")
+#: ``"stratified"`` reads the labels of at most this many validation examples (in index order).
+STRATIFY_SCAN = 10_000
 
 
 @dataclass
@@ -71,10 +77,10 @@ class ModelInputs:
                 f"{what} must give the model's inputs as a Tensor, a tuple of Tensors or a dict of Tensors, got "
                 f"{type(inputs).__name__}"
             )
-        made.check()
+        made.validate()
         return made
 
-    def check(self) -> None:
+    def validate(self) -> None:
         sizes = {name: t.shape[0] if t.ndim else None for name, t in self.items()}
         if any(s is None for s in sizes.values()) or len(set(sizes.values())) != 1:
             raise ValueError(f"every probe input must have the same batch size as its first dimension, got {sizes}")
@@ -112,6 +118,47 @@ class ModelInputs:
         if isinstance(state, torch.Tensor):  # checkpoints written before probes had a structure
             return cls((state,))
         return cls(tuple(state.get("args", ())), dict(state.get("kwargs", {})))
+
+
+@dataclass
+class Probe:
+    """The fixed batch every check attributes: the model's inputs, the labels, and where they came from.
+
+    Attributes:
+        inputs: The model's inputs (CPU).
+        labels: One label per example, or ``None``.
+        indices: The examples' indices in the validation dataset, when taken from a map-style one.
+        classes: The classes seen among the validation labels that were read (``"stratified"``), for the
+            coverage warning; ``None`` when unknown.
+    """
+
+    inputs: ModelInputs
+    labels: torch.Tensor | None = None
+    indices: list[int] | None = None
+    classes: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def missing_classes(self) -> list[int]:
+        """Classes of the validation data that no probe example has (empty when unknown)."""
+        if self.classes is None or self.labels is None:
+            return []
+        present = set(self.labels.reshape(-1).tolist())
+        return [c for c in self.classes if c not in present]
+
+    def state(self) -> dict[str, Any]:
+        """Plain containers of tensors and ints, loadable with ``torch.load(weights_only=True)``."""
+        return {"inputs": self.inputs.state(), "labels": self.labels, "indices": self.indices,
+                "classes": self.classes}
+
+    @classmethod
+    def from_state(cls, state: Any, labels: torch.Tensor | None = None) -> Probe:
+        """Read :meth:`state`, or (checkpoints of earlier versions) the inputs' state and separate labels."""
+        if isinstance(state, Mapping) and "inputs" in state:
+            return cls(ModelInputs.from_state(state["inputs"]), state.get("labels"), state.get("indices"),
+                       state.get("classes"))
+        return cls(ModelInputs.from_state(state), labels)
 
 
 def default_unpack(batch: Any) -> tuple[ModelInputs, torch.Tensor | None]:
@@ -164,14 +211,16 @@ def unpack_checked(unpack: Unpack, batch: Any) -> tuple[ModelInputs, torch.Tenso
     return inputs, labels
 
 
-def take_probe(
-    dataloader: DataLoader, n: int, unpack: Unpack = default_unpack
-) -> tuple[ModelInputs, torch.Tensor | None]:
-    """The first ``n`` examples of ``dataloader``'s dataset (fewer if it has fewer), on CPU.
+def take_probe(dataloader: DataLoader, n: int, unpack: Unpack = default_unpack,
+               selection: str = "stratified") -> Probe:
+    """``n`` examples of ``dataloader``'s dataset (fewer if it has fewer), on CPU.
 
-    Map-style datasets are indexed directly (``dataset[0..n-1]``, collated with the loader's
-    ``collate_fn``), so the probe does not depend on shuffling or on a distributed sampler: every
-    process gets the same examples. Iterable datasets are read batch by batch until ``n`` are in.
+    Map-style datasets are indexed directly (collated with the loader's ``collate_fn``), so the probe does not
+    depend on shuffling or on a distributed sampler: every process gets the same examples. With
+    ``selection="stratified"`` and integer class labels, the examples are spread over the classes: the labels of
+    the first :data:`STRATIFY_SCAN` examples are read, and classes take turns (in ascending order) giving their
+    next example by index, until ``n`` are in; the probe keeps dataset order. ``"first"`` takes indices
+    ``0..n-1``. Iterable datasets are read batch by batch until ``n`` are in (always ``"first"``).
     """
     dataset = getattr(dataloader, "dataset", None)
     collate = getattr(dataloader, "collate_fn", None) or default_collate
@@ -179,10 +228,19 @@ def take_probe(
     batches_items = getattr(dataloader, "batch_sampler", True) is None
     if (dataset is not None and not isinstance(dataset, IterableDataset) and hasattr(dataset, "__len__")
             and not batches_items):
-        count = min(n, len(dataset))
-        if count == 0:
+        if len(dataset) == 0:
             raise ValueError("the validation dataset is empty: cannot take a probe from it")
-        return _to_cpu(*unpack_checked(unpack, collate([dataset[i] for i in range(count)])), n)
+
+        def read(indices: Sequence[int]) -> tuple[ModelInputs, torch.Tensor | None]:
+            return unpack_checked(unpack, collate([dataset[i] for i in indices]))
+
+        classes = None
+        indices = list(range(min(n, len(dataset))))
+        if selection == "stratified" and len(dataset) > 0:
+            chosen, classes = _stratified(read, len(dataset), n)
+            indices = chosen if chosen is not None else indices
+        inputs, labels = read(indices)
+        return Probe(*_to_cpu(inputs, labels, n), indices=indices, classes=classes)
     parts: list[tuple[ModelInputs, torch.Tensor | None]] = []
     for batch in dataloader:
         parts.append(unpack_checked(unpack, batch))
@@ -203,7 +261,28 @@ def take_probe(
             "their own longest sequence differ in shape. Use a probe no larger than one batch, or give the probe "
             "itself (`probe=batch`)"
         ) from error
-    return _to_cpu(inputs, labels, n)
+    return Probe(*_to_cpu(inputs, labels, n))
+
+
+def _stratified(read: Callable[[Sequence[int]], tuple[ModelInputs, torch.Tensor | None]], size: int,
+                n: int) -> tuple[list[int] | None, list[int] | None]:
+    """Indices spread over the classes (``None`` when the labels are not class indices), and the classes seen."""
+    scanned = min(size, STRATIFY_SCAN)
+    labels = []
+    for start in range(0, scanned, 256):  # labels in chunks: the inputs are read too, and dropped
+        _, y = read(range(start, min(start + 256, scanned)))
+        if y is None or y.dtype.is_floating_point or y.dtype == torch.bool or y.ndim != 1:
+            return None, None
+        labels.append(y.cpu())
+    label = torch.cat(labels)
+    classes = sorted(set(label.tolist()))
+    per_class = [(label == c).nonzero().flatten().tolist() for c in classes]
+    chosen: list[int] = []
+    for turn in range(max(len(p) for p in per_class)):
+        for members in per_class:
+            if turn < len(members) and len(chosen) < n:
+                chosen.append(members[turn])
+    return sorted(chosen), classes
 
 
 def _to_cpu(inputs: ModelInputs, labels: torch.Tensor | None, n: int) -> tuple[ModelInputs, torch.Tensor | None]:

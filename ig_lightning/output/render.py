@@ -36,7 +36,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ig_lightning._validation import check_int
+from ig_lightning._validation import validate_int
 
 # Token strip layout, in points (1/72 inch) for a monospace font at _FONT_SIZE.
 _FONT_SIZE = 10.0
@@ -53,19 +53,19 @@ NONFINITE_RGB = (128, 128, 128)
 # --------------------------------------------------------------------------- validation
 
 
-def _check_tensor(x: object, name: str) -> torch.Tensor:
+def validate_tensor(x: object, name: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
     return x.detach().cpu().float()
 
 
-def _check_cmap(cmap: object) -> str:
+def _validate_cmap(cmap: object) -> str:
     if not isinstance(cmap, str) or cmap not in matplotlib.colormaps:
         raise ValueError(f"`cmap` must name a matplotlib colormap, got {cmap!r}")
     return cmap
 
 
-def _check_scales(scales: object, values: torch.Tensor) -> torch.Tensor:
+def _validate_scales(scales: object, values: torch.Tensor) -> torch.Tensor:
     """``(N,)`` usable scales for ``values`` shaped ``(N, ...)``.
 
     A scale that is not finite or not positive becomes the example's largest finite
@@ -75,7 +75,7 @@ def _check_scales(scales: object, values: torch.Tensor) -> torch.Tensor:
     if isinstance(scales, (int, float)) and not isinstance(scales, bool):
         s = torch.full((n,), float(scales))
     else:
-        s = _check_tensor(scales, "scales").reshape(-1)
+        s = validate_tensor(scales, "scales").reshape(-1)
         if s.numel() != n:
             raise ValueError(
                 f"`scales` must hold one value per example ({n}), got shape {tuple(scales.shape)}"
@@ -87,7 +87,7 @@ def _check_scales(scales: object, values: torch.Tensor) -> torch.Tensor:
     return torch.where(bad, fallback, s)
 
 
-def _check_tokens(tokens: object, scores: torch.Tensor) -> list[list[str]]:
+def validate_tokens(tokens: object, scores: torch.Tensor) -> list[list[str]]:
     if isinstance(tokens, str) or not isinstance(tokens, Sequence):
         raise TypeError(f"`tokens` must be a sequence of token sequences, got {type(tokens).__name__}")
     rows = [[str(t) for t in row] for row in tokens]
@@ -145,8 +145,8 @@ def diverging_lut(cmap: str = "RdBu_r", n: int = 257) -> torch.Tensor:
         >>> lut.shape, lut.dtype
         (torch.Size([5, 3]), torch.uint8)
     """
-    cmap = _check_cmap(cmap)
-    n = check_int(n, "n", minimum=3)
+    cmap = _validate_cmap(cmap)
+    n = validate_int(n, "n", minimum=3)
     if n % 2 == 0:
         raise ValueError(f"`n` must be odd so zero has its own entry, got {n}")
     return _cached_lut(cmap, n).clone()
@@ -176,10 +176,10 @@ def colorize_signed(
         >>> bool((colorize_signed(torch.tensor([-5.0, 0.0, 5.0]), 1.0, lut) == lut).all())
         True
     """
-    raw = _check_tensor(values, "values")
+    raw = validate_tensor(values, "values")
     nonfinite = ~torch.isfinite(raw)
     v = torch.where(nonfinite, 0.0, raw)
-    table = _cached_lut("RdBu_r", 257) if lut is None else _check_lut(lut)
+    table = _cached_lut("RdBu_r", 257) if lut is None else _validate_lut(lut)
     s = _safe_scale(torch.as_tensor(scale).detach().cpu().float())
     if not _broadcasts_to(s, v):
         raise ValueError(
@@ -190,7 +190,7 @@ def colorize_signed(
     return _paint_nonfinite(table[index], nonfinite)
 
 
-def _check_lut(lut: object) -> torch.Tensor:
+def _validate_lut(lut: object) -> torch.Tensor:
     if not isinstance(lut, torch.Tensor) or lut.dtype != torch.uint8:
         got = getattr(lut, "dtype", type(lut).__name__)
         raise TypeError(f"`lut` must be a uint8 torch.Tensor, got {got}")
@@ -305,8 +305,8 @@ def image_grid(
         >>> tuple(img.shape)
         (3, 394, 296)
     """
-    x = _as_nchw(_check_tensor(inputs, "inputs"), "inputs")
-    a = _check_tensor(attributions, "attributions")
+    x = _as_nchw(validate_tensor(inputs, "inputs"), "inputs")
+    a = validate_tensor(attributions, "attributions")
     if a.ndim == 3:
         a = a.unsqueeze(1)
     if a.shape != x.shape:
@@ -314,10 +314,10 @@ def image_grid(
             f"`attributions` must match inputs {tuple(x.shape)}, got {tuple(attributions.shape)}"
         )
     signed = a.sum(dim=1)  # (N, H, W); NaN/inf if any channel is
-    s = _check_scales(scales, signed).view(-1, 1, 1)
-    min_size = check_int(min_size, "min_size", minimum=1)
-    pad = check_int(pad, "pad", minimum=0)
-    lut = _cached_lut(_check_cmap(cmap), 257)
+    s = _validate_scales(scales, signed).view(-1, 1, 1)
+    min_size = validate_int(min_size, "min_size", minimum=1)
+    pad = validate_int(pad, "pad", minimum=0)
+    lut = _cached_lut(_validate_cmap(cmap), 257)
 
     bad_attribution = ~torch.isfinite(signed)
     bad_input = ~torch.isfinite(x).all(dim=1)
@@ -399,12 +399,12 @@ def token_strip(
         >>> img.dtype, img.shape[0]
         (torch.uint8, 3)
     """
-    s = _check_tensor(scores, "scores")
-    rows = _check_tokens(tokens, s)
+    s = validate_tensor(scores, "scores")
+    rows = validate_tokens(tokens, s)
     used = torch.arange(s.shape[1]) < torch.tensor([len(row) for row in rows]).view(-1, 1)
-    scale = _check_scales(scales, torch.where(used, s, 0.0)).view(-1, 1)
-    max_tokens = check_int(max_tokens, "max_tokens", minimum=1)
-    colours = colorize_signed(s, scale, _cached_lut(_check_cmap(cmap), 257))  # (N, T, 3)
+    scale = _validate_scales(scales, torch.where(used, s, 0.0)).view(-1, 1)
+    max_tokens = validate_int(max_tokens, "max_tokens", minimum=1)
+    colours = colorize_signed(s, scale, _cached_lut(_validate_cmap(cmap), 257))  # (N, T, 3)
     lines = _strip_lines(rows, max_tokens)
 
     width_pt = 2 * _MARGIN + _CHAR_WIDTH * max(sum(len(t) + 1 for t in line) for line in lines)
@@ -427,57 +427,6 @@ def token_strip(
 def _bbox(rgb: torch.Tensor) -> dict:
     face = (rgb.float() / 255.0).tolist()
     return {"facecolor": face, "edgecolor": "none", "boxstyle": "square,pad=0.2"}
-
-
-def _escape_md(text: str) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
-def token_table(
-    tokens: Sequence[Sequence[str]],
-    scores: torch.Tensor,
-    *,
-    title: str | None = None,
-    precision: int = 3,
-) -> str:
-    """A Markdown table with one row per example: each token followed by its score.
-
-    Non-finite scores are written ``nan``, ``+inf`` or ``-inf``.
-
-    Args:
-        tokens: N token lists (lengths may differ).
-        scores: ``(N, T)`` scores, padded; only the first ``len(tokens[i])`` are used.
-        title: Optional heading above the table.
-        precision: Digits after the decimal point.
-
-    Returns:
-        Markdown text for TensorBoard's text tab; ``|`` in tokens is escaped.
-
-    Raises:
-        TypeError: ``tokens`` not a sequence, ``scores`` not a tensor, ``precision`` not int.
-        ValueError: ``scores`` not ``(N, T)``, an example longer than T, ``precision`` < 0.
-
-    Example::
-
-        >>> print(token_table([["a|b", "c"]], torch.tensor([[0.5, -0.25]]), precision=2))
-        | # | tokens (score) |
-        |---|---|
-        | 0 | a\\|b (+0.50) c (-0.25) |
-    """
-    s = _check_tensor(scores, "scores")
-    rows = _check_tokens(tokens, s)
-    precision = check_int(precision, "precision", minimum=0)
-    lines = [f"### {_escape_md(title)}", ""] if title else []
-    lines += ["| # | tokens (score) |", "|---|---|"]
-    for i, row in enumerate(rows):
-        cells = " ".join(f"{_escape_md(t)} ({_format_score(float(s[i, j]), precision)})" for j, t in enumerate(row))
-        lines.append(f"| {i} | {cells} |")
-    return "\n".join(lines)
-
-
-def _format_score(value: float, precision: int) -> str:
-    """``+0.500``-style signed text; NaN is ``nan`` (never ``+nan``), infinities ``+inf``/``-inf``."""
-    return "nan" if math.isnan(value) else f"{value:+.{precision}f}"
 
 
 def bar_chart(
@@ -521,13 +470,13 @@ def bar_chart(
         >>> tuple(bar_chart(torch.tensor([0.5, -1.0, 0.1]), ["a", "b", "c"], scale=1.0).shape)
         (3, 320, 480)
     """
-    v = _check_tensor(values, "values")
+    v = validate_tensor(values, "values")
     if v.ndim != 1 or v.numel() == 0:
         raise ValueError(f"`values` must be a non-empty 1-D tensor, got shape {tuple(v.shape)}")
     labels = _bar_names(names, v.numel())
-    max_bars = check_int(max_bars, "max_bars", minimum=1)
-    limit = _check_bar_scale(scale)
-    lut = _cached_lut(_check_cmap(cmap), 257)
+    max_bars = validate_int(max_bars, "max_bars", minimum=1)
+    limit = _validate_bar_scale(scale)
+    lut = _cached_lut(_validate_cmap(cmap), 257)
 
     finite = torch.isfinite(v)
     rank = torch.where(finite, v.abs(), math.inf)  # non-finite values first
@@ -557,7 +506,7 @@ def bar_chart(
 
 
 def _nonfinite_suffix(value: float) -> str:
-    return "" if math.isfinite(value) else f" = {_format_score(value, 0)}"
+    return "" if math.isfinite(value) else " = nan" if math.isnan(value) else f" = {value:+}"
 
 
 def _bar_names(names: Sequence[str] | None, n: int) -> list[str]:
@@ -570,7 +519,7 @@ def _bar_names(names: Sequence[str] | None, n: int) -> list[str]:
     return [str(name) for name in names]
 
 
-def _check_bar_scale(scale: object) -> float | None:
+def _validate_bar_scale(scale: object) -> float | None:
     if scale is None:
         return None
     if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)):

@@ -8,6 +8,7 @@ not written here: they go through ``LightningModule.log`` so that every logger a
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Callable
 
@@ -28,14 +29,14 @@ class Reporter:
     """Writes a :class:`CheckRecord` to TensorBoard and ``ig_rules.jsonl`` (call it on rank zero only).
 
     Args:
-        tensorboard: The trainer's ``TensorBoardLogger``, or ``None`` (only the rules file is skipped too).
+        tensorboard: The trainer's ``TensorBoardLogger``, or ``None`` (then nothing is written, not even the
+            rules file).
         log_images: Draw pictures and histograms.
-        make_view: Builds the view for the first record (its kind is known then).
+        view: What a check looks like (see :func:`~ig_lightning.output.views.make_view`).
     """
 
-    def __init__(self, tensorboard: Any, log_images: bool, make_view: Callable[[CheckRecord], View]) -> None:
-        self.tensorboard, self.log_images, self.make_view = tensorboard, log_images, make_view
-        self.view: View | None = None
+    def __init__(self, tensorboard: Any, log_images: bool, view: View) -> None:
+        self.tensorboard, self.log_images, self.view = tensorboard, log_images, view
         self.failed: set[str] = set()
 
     def write(self, record: CheckRecord) -> None:
@@ -48,8 +49,6 @@ class Reporter:
     def _draw(self, record: CheckRecord) -> None:
         writer = self.tensorboard.experiment
         log_common(writer, record)
-        if self.view is None:
-            self.view = self.make_view(record)
         self.view.log(writer, record)
         writer.flush()
 
@@ -60,7 +59,8 @@ class Reporter:
         os.makedirs(self.tensorboard.log_dir, exist_ok=True)
         line = {"epoch": record.epoch, "step": record.step,
                 "rules": {str(c): v for c, v in record.rules.items()},
-                "changes": {str(c): v for c, v in (record.changes or {}).items()}}
+                "changes": {str(c): v for c, v in (record.changes or {}).items()},
+                "rule_drops": {str(c): v if math.isfinite(v) else None for c, v in record.rule_drops.items()}}
         with open(os.path.join(self.tensorboard.log_dir, "ig_rules.jsonl"), "a") as f:
             f.write(json.dumps(line) + "\n")
 

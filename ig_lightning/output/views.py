@@ -21,19 +21,10 @@ from PIL import Image
 from tensorboard.compat.proto.summary_pb2 import Summary
 
 from ig_lightning.output import render
-from ig_lightning.functional.rules import class_mean_maps, rules_markdown
+from ig_lightning.functional.rules import class_mean_maps
+from ig_lightning.output.markdown import Names, name_lookup, rules_markdown, token_table
 
 VIEW_KINDS = ("auto", "image", "text", "tabular")
-
-
-class TokenizerLike(Protocol):
-    """Anything that names token ids the way Hugging Face tokenizers do."""
-
-    def convert_ids_to_tokens(self, ids: int) -> str | None: ...
-
-
-Names = Sequence[str] | Callable[[int], str] | TokenizerLike | None
-"""A list indexed by id, a callable ``id -> str``, or a tokenizer with ``convert_ids_to_tokens``."""
 
 
 @dataclass
@@ -52,6 +43,8 @@ class CheckRecord:
         changes: Per class, the keys that ``entered``/``left`` the top-k since the previous check.
         mask: Optional bool, same shape as ``inputs``, True for a real token and False for padding;
             :class:`TextView` neither draws nor lists masked-out positions. ``None``: all are real.
+        rule_drops: Per class, the relative drop of its score when its rule is removed from its examples
+            (the deletion check); shown as a column of the rules table.
     """
 
     step: int
@@ -64,49 +57,13 @@ class CheckRecord:
     rules: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
     changes: dict[int, dict[str, list[int]]] | None = None
     mask: torch.Tensor | None = None
+    rule_drops: dict[int, float] = field(default_factory=dict)
 
 
 class View(Protocol):
     """Draws one check into a ``SummaryWriter``."""
 
     def log(self, writer: Any, record: CheckRecord) -> None: ...
-
-
-def _name_fn(names: Names, default: Callable[[int], str], name: str = "names") -> Callable[[int], str]:
-    """A function from id to display name; ids a list does not cover fall back to ``default``.
-
-    ``names`` may be None (``default``), a tokenizer-like object with ``convert_ids_to_tokens``
-    (Hugging Face; checked first, since tokenizers are also callable), a callable ``id -> str``,
-    or a sequence indexed by id.
-
-    Raises:
-        TypeError: ``names`` is none of these (the message names the argument ``name``).
-
-    Example::
-
-        >>> class Tokenizer:
-        ...     def convert_ids_to_tokens(self, i): return ["[PAD]", "hi"][i]
-        ...     def __call__(self, text): raise AssertionError("encodes text, never names ids")
-        >>> [_name_fn(Tokenizer(), str)(i) for i in (0, 1)], _name_fn(["a"], str)(5)
-        (['[PAD]', 'hi'], '5')
-    """
-    if names is None:
-        return default
-    convert = getattr(names, "convert_ids_to_tokens", None)
-    if callable(convert):
-        def token(i: int) -> str:
-            result = convert(int(i))
-            return default(i) if result is None else str(result)
-
-        return token
-    if callable(names):
-        return lambda i: str(names(i))
-    if isinstance(names, str) or not isinstance(names, Sequence):
-        raise TypeError(
-            f"`{name}` must be a sequence of str, a callable id -> str, an object with "
-            f"`convert_ids_to_tokens` or None, got {type(names).__name__}"
-        )
-    return lambda i: str(names[i]) if 0 <= i < len(names) else default(i)
 
 
 def add_png(writer: Any, tag: str, image: torch.Tensor, step: int) -> None:
@@ -184,9 +141,9 @@ class ImageView:
         grid = render.image_grid(mean_inputs, mean_maps, scales, cmap=self.cmap, min_size=self.min_size)
         add_png(writer, "ig/class_mean_maps", grid, record.step)
         if record.rules:
-            names = _name_fn(self.class_names, str)
+            names = name_lookup(self.class_names, str)
             caption = "Rows of `ig/class_mean_maps`: " + ", ".join(names(c) for c in classes) + "\n\n"
-            table = rules_markdown(record.rules, record.changes, key_names=pixel_namer(record.scores.shape[1:]),
+            table = rules_markdown(record.rules, record.changes, drops=record.rule_drops, key_names=pixel_namer(record.scores.shape[1:]),
                                    class_names=self.class_names)
             writer.add_text("ig/rules", caption + table, record.step)
 
@@ -232,7 +189,7 @@ class TextView:
 
     def __init__(self, vocabulary: Names = None, class_names: Sequence[str] | None = None,
                  max_examples: int = 8, cmap: str = "RdBu_r") -> None:
-        self.token = _name_fn(vocabulary, str, "vocabulary")
+        self.token = name_lookup(vocabulary, str, "vocabulary")
         self.class_names, self.max_examples, self.cmap = class_names, max_examples, cmap
 
     def tokens(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> list[list[str]]:
@@ -244,19 +201,19 @@ class TextView:
     def log(self, writer: Any, record: CheckRecord) -> None:
         n = min(self.max_examples, record.inputs.shape[0])
         scores = record.scores[:n].reshape(n, -1)
-        mask = _check_mask(record.mask, record.inputs)
+        mask = _validate_mask(record.mask, record.inputs)
         keep = torch.ones_like(scores, dtype=torch.bool) if mask is None else mask[:n].reshape(n, -1)
         tokens = self.tokens(record.inputs[:n], keep)
         scores = _compact(scores, keep)
         strip = render.token_strip(tokens, scores, record.scales[:n], cmap=self.cmap)
         add_png(writer, "ig/token_attributions", strip, record.step)
-        writer.add_text("ig/tokens", render.token_table(tokens, scores, title=f"epoch {record.epoch}"), record.step)
+        writer.add_text("ig/tokens", token_table(tokens, scores, title=f"epoch {record.epoch}"), record.step)
         if record.rules:
-            table = rules_markdown(record.rules, record.changes, key_names=self.token, class_names=self.class_names)
+            table = rules_markdown(record.rules, record.changes, drops=record.rule_drops, key_names=self.token, class_names=self.class_names)
             writer.add_text("ig/rules", table, record.step)
 
 
-def _check_mask(mask: torch.Tensor | None, inputs: torch.Tensor) -> torch.Tensor | None:
+def _validate_mask(mask: torch.Tensor | None, inputs: torch.Tensor) -> torch.Tensor | None:
     if mask is None:
         return None
     if not isinstance(mask, torch.Tensor) or mask.shape != inputs.shape:
@@ -299,7 +256,7 @@ class TabularView:
                                  scale=_usable_scale(_mean_scale(record.scales)))
         add_png(writer, "ig/feature_attributions/probe_mean", chart, record.step)
         if record.rules:
-            table = rules_markdown(record.rules, record.changes, key_names=names, class_names=self.class_names)
+            table = rules_markdown(record.rules, record.changes, drops=record.rule_drops, key_names=names, class_names=self.class_names)
             writer.add_text("ig/rules", table, record.step)
 
 
@@ -314,3 +271,12 @@ def infer_kind(inputs: torch.Tensor, scores: torch.Tensor, layer: object) -> str
     if scores.ndim in (3, 4) and (scores.ndim == 3 or scores.shape[1] in (1, 3)):
         return "image"
     return "tabular"
+
+
+def make_view(kind: str, config: Any) -> View:
+    """The view for ``kind`` (decided once, before training), with the names and sizes of ``config``."""
+    if kind == "text":
+        return TextView(config.vocabulary, config.class_names, config.max_images)
+    if kind == "tabular":
+        return TabularView(config.feature_names, config.class_names, max_examples=min(4, config.max_images))
+    return ImageView(config.class_names, config.max_images)

@@ -1,0 +1,182 @@
+"""Markdown for TensorBoard's text tab and the other loggers: the rules table and the token table.
+
+One escape (:func:`escape`), one number format (:func:`format_score`) and one name lookup (:func:`name_lookup`)
+for every table the monitor writes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import torch
+
+from ig_lightning._validation import validate_int
+from ig_lightning.output.render import validate_tensor, validate_tokens
+
+
+class TokenizerLike(Protocol):
+    """Anything that names token ids the way Hugging Face tokenizers do."""
+
+    def convert_ids_to_tokens(self, ids: int) -> str | None: ...
+
+
+Names = Sequence[str] | Callable[[int], str] | TokenizerLike | None
+"""A list indexed by id, a callable ``id -> str``, or a tokenizer with ``convert_ids_to_tokens``."""
+
+
+def escape(text: object) -> str:
+    """Text safe inside a Markdown table cell: backslashes and ``|`` escaped, newlines folded."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def format_score(value: float, precision: int = 3) -> str:
+    """``+0.500``-style signed text; NaN is ``nan`` (never ``+nan``), infinities ``+inf``/``-inf``."""
+    value = float(value)
+    return "nan" if math.isnan(value) else f"{value:+.{precision}f}"
+
+
+def name_lookup(names: Names, default: Callable[[int], str], name: str = "names") -> Callable[[int], str]:
+    """A function from id to display name; ids a list does not cover fall back to ``default``.
+
+    ``names`` may be None (``default``), a tokenizer-like object with ``convert_ids_to_tokens``
+    (Hugging Face; checked first, since tokenizers are also callable), a callable ``id -> str``,
+    or a sequence indexed by id.
+
+    Raises:
+        TypeError: ``names`` is none of these (the message names the argument ``name``).
+
+    Example::
+
+        >>> class Tokenizer:
+        ...     def convert_ids_to_tokens(self, i): return ["[PAD]", "hi"][i]
+        ...     def __call__(self, text): raise AssertionError("encodes text, never names ids")
+        >>> [name_lookup(Tokenizer(), str)(i) for i in (0, 1)], name_lookup(["a"], str)(5)
+        (['[PAD]', 'hi'], '5')
+    """
+    if names is None:
+        return default
+    convert = getattr(names, "convert_ids_to_tokens", None)
+    if callable(convert):
+        def token(i: int) -> str:
+            result = convert(int(i))
+            return default(i) if result is None else str(result)
+
+        return token
+    if callable(names):
+        return lambda i: str(names(i))
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise TypeError(
+            f"`{name}` must be a sequence of str, a callable id -> str, an object with "
+            f"`convert_ids_to_tokens` or None, got {type(names).__name__}"
+        )
+    return lambda i: str(names[i]) if 0 <= i < len(names) else default(i)
+
+
+def rules_markdown(
+    rules: dict[int, list[tuple[int, float]]],
+    changes: dict[int, dict[str, list[int]]] | None = None,
+    *,
+    key_names: Callable[[int], str] | Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    precision: int = 3,
+    drops: dict[int, float] | None = None,
+) -> str:
+    """A Markdown table of each class's top features (and what changed) for TensorBoard.
+
+    A non-finite score (only possible in hand-made ``rules``) is written ``nan``/``+inf``/``-inf``.
+
+    Args:
+        rules: Output of :func:`class_top_features`.
+        changes: Output of :func:`rule_changes`; adds "entered" and "left" columns.
+        key_names: Maps a key to a name: a callable (e.g. a tokenizer's decode) or a
+            sequence indexed by key (e.g. a vocabulary or feature names). Default ``str``.
+        class_names: Sequence indexed by class. Default ``str``.
+        precision: Digits after the decimal point.
+        drops: Per class, the relative drop of its score when its rule is removed (the deletion check);
+            adds a "removing it drops" column, as a percentage.
+
+    Returns:
+        Markdown text, one row per class in ascending order; ``|`` in names is escaped.
+
+    Raises:
+        TypeError: ``rules`` not a dict, bad ``key_names``/``class_names``, ``precision`` not int.
+        ValueError: ``precision`` < 0.
+
+    Example::
+
+        >>> print(rules_markdown({0: [(7, 1.5)]}, key_names=lambda k: f"w{k}", class_names=["num"]))
+        | class | top features |
+        |---|---|
+        | num | w7 (+1.500) |
+    """
+    if not isinstance(rules, dict):
+        raise TypeError(f"`rules` must be a dict, got {type(rules).__name__}")
+    precision = validate_int(precision, "precision", minimum=0)
+    key_name = name_lookup(key_names, str, "key_names")
+    class_name = name_lookup(class_names, str, "class_names")
+
+    def names(keys: list[int]) -> str:
+        return ", ".join(escape(key_name(key)) for key in keys) or "-"
+
+    def scored(top: list[tuple[int, float]]) -> str:
+        cells = [f"{escape(key_name(key))} ({format_score(score, precision)})" for key, score in top]
+        return ", ".join(cells) or "-"
+
+    columns = ["class", "top features"] + (["entered", "left"] if changes is not None else []) + \
+        (["removing it drops"] if drops else [])
+    header = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = []
+    for c in sorted(rules):
+        row = f"| {escape(class_name(c))} | {scored(rules[c])} |"
+        if changes is not None:
+            change = changes.get(c, {})
+            row += f" {names(change.get('entered', []))} | {names(change.get('left', []))} |"
+        if drops:
+            drop = drops.get(c, math.nan)
+            row += " - |" if not math.isfinite(drop) else f" {100 * drop:.0f}% |"
+        lines.append(row)
+    return "\n".join(header + lines)
+
+
+def token_table(
+    tokens: Sequence[Sequence[str]],
+    scores: torch.Tensor,
+    *,
+    title: str | None = None,
+    precision: int = 3,
+) -> str:
+    """A Markdown table with one row per example: each token followed by its score.
+
+    Non-finite scores are written ``nan``, ``+inf`` or ``-inf``.
+
+    Args:
+        tokens: N token lists (lengths may differ).
+        scores: ``(N, T)`` scores, padded; only the first ``len(tokens[i])`` are used.
+        title: Optional heading above the table.
+        precision: Digits after the decimal point.
+
+    Returns:
+        Markdown text for TensorBoard's text tab; ``|`` in tokens is escaped.
+
+    Raises:
+        TypeError: ``tokens`` not a sequence, ``scores`` not a tensor, ``precision`` not int.
+        ValueError: ``scores`` not ``(N, T)``, an example longer than T, ``precision`` < 0.
+
+    Example::
+
+        >>> print(token_table([["a|b", "c"]], torch.tensor([[0.5, -0.25]]), precision=2))
+        | # | tokens (score) |
+        |---|---|
+        | 0 | a\\|b (+0.50) c (-0.25) |
+    """
+    s = validate_tensor(scores, "scores")
+    rows = validate_tokens(tokens, s)
+    precision = validate_int(precision, "precision", minimum=0)
+    lines = [f"### {escape(title)}", ""] if title else []
+    lines += ["| # | tokens (score) |", "|---|---|"]
+    for i, row in enumerate(rows):
+        cells = " ".join(f"{escape(t)} ({format_score(float(s[i, j]), precision)})" for j, t in enumerate(row))
+        lines.append(f"| {i} | {cells} |")
+    return "\n".join(lines)
