@@ -11,7 +11,14 @@ Example::
 
 from typing import Any
 
-from ig_lightning.functional import METHODS, IGResult, NonFiniteAttributionWarning, integrated_gradients, quadrature_rule
+from ig_lightning.functional import (
+    METHODS,
+    IGResult,
+    NonFiniteAttributionWarning,
+    integrated_gradients,
+    quadrature_rule,
+    special_token_baseline,
+)
 
 __all__ = [
     "METHODS",
@@ -21,6 +28,7 @@ __all__ = [
     "NonFiniteAttributionWarning",
     "integrated_gradients",
     "quadrature_rule",
+    "special_token_baseline",
 ]
 __version__ = "0.1.0"
 

@@ -12,6 +12,8 @@ Example::
     [3.0, 3.0, 3.0, 3.0]
 """
 
+from ig_lightning.functional.baselines import special_token_baseline
+from ig_lightning.functional.deletion import DeletionResult, deletion_drop, rule_deletion_drop
 from ig_lightning.functional.drift import DRIFT_METRICS, drift_distances
 from ig_lightning.functional.integrated_gradients import IGResult, NonFiniteAttributionWarning, integrated_gradients
 from ig_lightning.functional.quadrature import METHODS, quadrature_rule
@@ -19,13 +21,17 @@ from ig_lightning.functional.rules import class_mean_maps, class_top_features, r
 
 __all__ = [
     "DRIFT_METRICS",
+    "DeletionResult",
     "METHODS",
     "IGResult",
     "NonFiniteAttributionWarning",
     "class_mean_maps",
     "class_top_features",
+    "deletion_drop",
     "drift_distances",
     "integrated_gradients",
     "quadrature_rule",
     "rule_changes",
+    "rule_deletion_drop",
+    "special_token_baseline",
 ]

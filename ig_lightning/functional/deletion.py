@@ -40,6 +40,8 @@ __all__ = ["DeletionResult", "deletion_drop", "rule_deletion_drop"]
 
 ForwardFunc = Callable[[torch.Tensor], Any]
 NAN = float("nan")
+#: Floor of the random drop in ``deletion_ratio``.
+RATIO_FLOOR = 0.01
 
 
 def _relative_drop(before: torch.Tensor, after: torch.Tensor, baseline: torch.Tensor, floor: float) -> torch.Tensor:
@@ -84,15 +86,17 @@ class DeletionResult:
     def summary(self) -> dict[str, float]:
         """Means over the examples where both drops are finite, and their ratio (top-k over random).
 
-        Every value is NaN when no example is finite; the ratio is NaN when the random mean is ~0.
+        The ratio's denominator is floored at :data:`RATIO_FLOOR` (1% of the prediction): removing random units
+        often changes almost nothing, or raises the output, and the ratio must not explode or flip sign then.
+        Every value is NaN when no example is finite.
         """
         drop, rand = self.drop, self.random_drop
         ok = drop.isfinite() & rand.isfinite()
         if not bool(ok.any()):
             return {"deletion_drop": NAN, "deletion_random_drop": NAN, "deletion_ratio": NAN}
         mean, rand_mean = float(drop[ok].mean()), float(rand[ok].mean())
-        ratio = mean / rand_mean if abs(rand_mean) >= 1e-12 else NAN
-        return {"deletion_drop": mean, "deletion_random_drop": rand_mean, "deletion_ratio": ratio}
+        return {"deletion_drop": mean, "deletion_random_drop": rand_mean,
+                "deletion_ratio": mean / max(rand_mean, RATIO_FLOOR)}
 
 
 def _common(inputs: Any, baselines: Any, delta_floor: Any, batch_size: Any) -> tuple[Any, ...]:

@@ -62,6 +62,8 @@ class IntegratedGradientsMonitor(Callback):
             check. Ignored for models with one output per example.
         baseline: ``None`` (zeros; token id 0 with ``layer``), a number, or a Tensor broadcastable to the
             attributed input; with several attributed inputs a tuple or a dict (by input name) of those.
+            ``"special_tokens"`` (token ids at a ``layer``, a tokenizer as ``vocabulary``): the probe's special
+            tokens (``[CLS]``, ``[SEP]``, ``<s>``, ``</s>``) kept, every other token the pad token.
         n_steps: ``"auto"`` (refine each example until the estimated relative L2 error of its attributions,
             and its completeness error, are within ``tolerance``; the estimate is logged as
             ``ig/attribution_error``), or a fixed number of quadrature points.
@@ -302,7 +304,7 @@ class IntegratedGradientsMonitor(Callback):
             self._take_probe(trainer)
             self._batch = preflight.points_per_forward(trainer, config.internal_batch_size, len(self.probe))
             self._explainer = Explainer(self.probe.inputs, config.attribute, self._layer_module, config.layer,
-                                        config.output_transform, config.baseline)
+                                        config.output_transform, preflight.resolve_baseline(config, self.probe))
             self._kind = preflight.validate(config, self.probe, self._explainer, pl_module, self._batch)
         self._reporter = Reporter(self._tensorboard, config.log_images, make_view(self._kind, config))
 

@@ -44,6 +44,8 @@ TARGETS = ("auto", "label", "prediction")
 REFERENCES = ("previous", "first")
 ON_BREACH = ("warn", "stop", "raise")
 DRIFT_SCOPES = ("probe", "class")
+#: ``baseline=SPECIAL_TOKENS``: the probe's special tokens kept, every other token the pad token.
+SPECIAL_TOKENS = "special_tokens"
 #: Floor of ``|F(x) - F(baseline)|`` in relative completeness errors.
 DELTA_FLOOR = 1e-3
 
@@ -160,7 +162,12 @@ class MonitorConfig:
             validate_choice(target, "target", TARGETS)
         elif not callable(target):
             validate_int(target, "target", minimum=0)
-        self._set("baseline", validate_baseline(self.baseline))
+        if self.baseline == SPECIAL_TOKENS:
+            if self.layer is None or getattr(self.vocabulary, "all_special_ids", None) is None:
+                raise ValueError(f"`baseline`={SPECIAL_TOKENS!r} needs token ids attributed at an embedding `layer` "
+                                 "and a Hugging Face tokenizer as `vocabulary` (its special tokens are kept)")
+        else:
+            self._set("baseline", validate_baseline(self.baseline))
         n_steps, method, max_steps = validate_steps(self.n_steps, self.method, self.max_steps)
         self._set("n_steps", n_steps)
         self._set("max_steps", max_steps)

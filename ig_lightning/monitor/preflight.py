@@ -16,9 +16,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from torch import nn
 
-from ig_lightning.monitor.config import DELTA_FLOOR, MonitorConfig
+from ig_lightning.functional.baselines import special_token_baseline
+from ig_lightning.monitor.config import DELTA_FLOOR, SPECIAL_TOKENS, MonitorConfig
 from ig_lightning.monitor.explainer import Explainer, per_token, resolve_targets
-from ig_lightning.monitor.probe import Probe, first_val_dataloader
+from ig_lightning.monitor.probe import LAYER_INPUT_KEYS, Probe, first_val_dataloader
 from ig_lightning.output.views import infer_kind
 
 #: The baseline is "predicted with high confidence" above this softmax probability (on most examples).
@@ -82,6 +83,16 @@ def points_per_forward(trainer: Trainer, override: int | None, probe_size: int) 
     sizes = [batch_size_of(getattr(cl, "iterables", None)) for cl in loaders if cl is not None]
     sizes.append(batch_size_of(trainer.val_dataloaders))
     return next((s for s in sizes if s), probe_size)
+
+
+def resolve_baseline(config: MonitorConfig, probe: Probe) -> Any:
+    """``config.baseline``; for ``"special_tokens"`` the probe's token ids with their special tokens kept and every
+    other token the pad token (one baseline per example)."""
+    if config.baseline != SPECIAL_TOKENS:
+        return config.baseline
+    preferred = [k for k in LAYER_INPUT_KEYS if k in probe.inputs.kwargs]
+    ids = probe.inputs[preferred[0] if preferred else probe.inputs.names[0]]
+    return special_token_baseline(ids, config.vocabulary)
 
 
 def validate(config: MonitorConfig, probe: Probe, explainer: Explainer, model: nn.Module, batch: int) -> str:
@@ -176,7 +187,7 @@ def warn_about_baseline(config: MonitorConfig, probe: Probe, outputs: torch.Tens
     """Warn when the baseline is not neutral: predicted as one class with high confidence, or so close to the
     inputs in output that many attributions explain (nearly) nothing."""
     hints = ("try another `baseline` (for images: a blurred or mean image; for text: the pad or mask token id, "
-             "or keep the special tokens with `baseline=ig_lightning.special_token_baseline(...)`)")
+             "or keep the special tokens with baseline='special_tokens')")
     single = outputs.ndim == 1 or outputs.shape[1] == 1
     if not single and config.output_transform is None:
         confidence, predicted = base_outputs.float().softmax(-1).max(-1)

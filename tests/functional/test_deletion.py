@@ -144,7 +144,7 @@ def test_non_finite_examples_are_left_out() -> None:
     s = res.summary()
     assert s["deletion_drop"] == pytest.approx(float(clean.drop.mean()))
     assert s["deletion_drop"] == pytest.approx(float(res.drop[[0, 2]].mean()))
-    assert s["deletion_ratio"] == pytest.approx(s["deletion_drop"] / s["deletion_random_drop"])
+    assert s["deletion_ratio"] == pytest.approx(s["deletion_drop"] / max(s["deletion_random_drop"], 0.01))
 
 
 def test_non_finite_outputs_and_all_nan() -> None:
@@ -164,11 +164,13 @@ def test_non_finite_outputs_and_all_nan() -> None:
     assert all(math.isnan(v) for v in everything.values())
 
 
-def test_ratio_is_nan_when_random_removes_nothing() -> None:
+def test_ratio_is_floored_when_random_removes_nothing_or_raises_the_output() -> None:
     one, zero = torch.ones(2, dtype=D64), torch.zeros(2, dtype=D64)
     units = torch.zeros(2, 1, dtype=torch.long)
     s = DeletionResult(one, zero, zero, one, units, units).summary()  # random deletion changed nothing
-    assert s["deletion_drop"] == 1.0 and s["deletion_random_drop"] == 0.0 and math.isnan(s["deletion_ratio"])
+    assert s["deletion_drop"] == 1.0 and s["deletion_random_drop"] == 0.0 and s["deletion_ratio"] == 100.0
+    s = DeletionResult(one, zero, zero, 2 * one, units, units).summary()  # random deletion raised the output
+    assert s["deletion_random_drop"] == -1.0 and s["deletion_ratio"] == 100.0
 
 
 @pytest.mark.parametrize("training", [True, False])
