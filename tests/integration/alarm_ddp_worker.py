@@ -1,0 +1,21 @@
+"""Run by test_alarm_ddp.py as ``python alarm_ddp_worker.py MODE OUT_DIR``: the calibrated alarm under DDP (gloo,
+2 CPU processes). Lightning re-launches this script for rank 1."""
+
+import torch
+from alarm_helpers import fit_with_change
+from conftest import worker_main
+
+from ig_lightning import IntegratedGradientsMonitor
+
+
+def main(mode: str, out: str) -> None:
+    on_breach = "stop" if mode == "stop" else "warn"
+    monitor = IntegratedGradientsMonitor(probe=8, n_steps=8, drift_threshold="auto", on_breach=on_breach)
+    t, recorder = fit_with_change(out, monitor, epochs=7, change_at=5, strategy="ddp", devices=2, accelerator="cpu")
+    torch.save({"epoch": t.current_epoch, "ratios": [m.get("ig/drift_ratio") for m in recorder.metrics],
+                "indices": monitor.probe.indices, "history": monitor.drift_history.values},
+               f"{out}/alarm_rank{t.global_rank}.pt")
+
+
+if __name__ == "__main__":
+    worker_main(main)

@@ -1,0 +1,24 @@
+"""The calibrated alarm under DDP: every rank calibrates on the same gathered drift, takes the same stratified
+probe, and stops at the same check."""
+
+import os
+import subprocess
+import sys
+
+import torch
+from conftest import free_port
+
+WORKER = os.path.join(os.path.dirname(__file__), "alarm_ddp_worker.py")
+
+
+def test_every_rank_calibrates_alike_and_stops_at_the_same_check(tmp_path):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    proc = subprocess.run([sys.executable, WORKER, "stop", str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=os.path.dirname(WORKER))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"alarm_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["epoch"] == ranks[1]["epoch"] == 6  # stopped after the check of epoch 5, on both ranks
+    assert ranks[0]["ratios"] == ranks[1]["ratios"] and ranks[0]["ratios"][-1] > 4
+    assert ranks[0]["indices"] == ranks[1]["indices"] and len(ranks[0]["indices"]) == 8
+    assert ranks[0]["history"] == ranks[1]["history"]
