@@ -1,15 +1,25 @@
-"""Small models and data shared by the callback tests (and the DDP worker script)."""
+"""The one fixtures module: small models, data and trainer helpers shared by every test folder and the worker
+scripts (``ddp_worker.py``, ``fault_worker.py``).
+
+- :class:`TinyCNN`, :func:`make_data`, :func:`loaders`, :func:`trainer`, :func:`fit_cnn`: the callback tests' model;
+- :class:`TokenModel`, :func:`token_data`, :func:`token_loaders`: a Hugging Face-shaped model;
+- :class:`Net`, :func:`dataset`, :func:`data_loaders`, :func:`make_trainer`, :func:`fit_net`, poisons and
+  :class:`Snapshots`: the fault suite's models of three kinds.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -65,6 +75,16 @@ def trainer(tmp_path, callbacks=(), **kw) -> pl.Trainer:
                 enable_checkpointing=False, default_root_dir=tmp_path, accelerator="cpu", devices=1)
     args.update(kw)
     return pl.Trainer(callbacks=list(callbacks), **args)
+
+
+def fit_cnn(tmp_path, monitor=None, seed=0, max_epochs=2, callbacks=(), **kw):
+    """Fit a fresh seeded :class:`TinyCNN` on :func:`loaders` (with Lightning's sanity check)."""
+    torch.manual_seed(seed)
+    model = TinyCNN()
+    train, val = loaders()
+    t = trainer(tmp_path, ([monitor] if monitor else []) + list(callbacks), max_epochs=max_epochs, **kw)
+    t.fit(model, train, val)
+    return t, model
 
 
 def free_port() -> int:
@@ -141,3 +161,158 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# --- the fault suite's models, data and helpers ----------------------------------------------------------
+
+NAN = float("nan")
+
+
+class Net(pl.LightningModule):
+    """A tiny model of one kind ("image", "tabular", "text") that counts its training steps.
+
+    ``poison(module, x, out) -> out`` is applied to the outputs in eval mode only (the monitor's checks and
+    validation), so training itself stays finite and comparable.
+    """
+
+    def __init__(self, kind: str = "image", classes: int = 4) -> None:
+        super().__init__()
+        self.kind = kind
+        if kind == "image":
+            self.net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
+                                     nn.Dropout(0.2), nn.Linear(3 * 8 * 8, classes))
+        elif kind == "tabular":
+            self.net = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, classes))
+        else:
+            self.embedding = nn.Embedding(10, 4)
+            self.head = nn.Linear(4, classes)
+        self.steps = 0
+        self.poison = None
+        self.on_first_step = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.head(self.embedding(x).mean(1)) if self.kind == "text" else self.net(x)
+        if self.poison is not None and not self.training:
+            out = self.poison(self, x, out)
+        return out
+
+    def training_step(self, batch, batch_idx):
+        if self.steps == 0 and self.on_first_step is not None:
+            self.on_first_step()
+        self.steps += 1
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+def dataset(kind: str = "image", n: int = 32, classes: int = 4) -> TensorDataset:
+    g = torch.Generator().manual_seed(1)
+    if kind == "image":
+        return make_data(n, classes)
+    if kind == "tabular":
+        x = torch.randn(n, 5, generator=g) + 0.5  # feature 0 is never exactly 0
+        return TensorDataset(x, (x[:, 0] > 0.5).long() + (x[:, 1] > 0.5).long())
+    ids = torch.randint(1, 9, (n, 6), generator=g)  # token 9 is kept as a marker, 0 as the baseline
+    return TensorDataset(ids, (ids[:, 0] > 4).long())
+
+
+def data_loaders(kind: str = "image", n: int = 32, batch_size: int = 8, val=None, classes: int = 4):
+    data = dataset(kind, n, classes)
+    return (DataLoader(data, batch_size=batch_size, shuffle=True),
+            DataLoader(data if val is None else val, batch_size=batch_size))
+
+
+def make_trainer(tmp_path, callbacks=(), **kw) -> pl.Trainer:
+    """:func:`trainer` without Lightning's sanity check (the fault suite counts every check)."""
+    return trainer(tmp_path, callbacks, **{"num_sanity_val_steps": 0, **kw})
+
+
+def fit_net(tmp_path, monitor=None, kind="image", model=None, val=None, callbacks=(), before=(), seed=0, batch_size=8,
+        ckpt_path=None, **kw):
+    """Fit a fresh seeded ``Net(kind)`` (or ``model``, seeded by the caller); ``before`` run ahead of the monitor."""
+    torch.manual_seed(seed)
+    model = Net(kind) if model is None else model
+    train, val_loader = data_loaders(kind, batch_size=batch_size, val=val)
+    t = make_trainer(tmp_path, [*before, *([monitor] if monitor is not None else []), *callbacks], **kw)
+    t.fit(model, train, val_loader, ckpt_path=ckpt_path)
+    return t, model
+
+
+@contextmanager
+def caught_warnings():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught
+
+
+def monitor_messages(caught) -> list[str]:
+    return [str(w.message) for w in caught if "IntegratedGradientsMonitor" in str(w.message)]
+
+
+def write_failures(caught) -> list[str]:
+    return [m for m in monitor_messages(caught) if "could not write" in m]
+
+
+class Snapshots(Callback):
+    """Placed after the monitor: copies its state at the end of every check."""
+
+    def __init__(self, monitor) -> None:
+        self.monitor, self.metrics, self.first, self.previous, self.scales = monitor, [], [], [], []
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        clone = lambda t: None if t is None else t.clone()  # noqa: E731
+        self.metrics.append(dict(self.monitor.last_metrics))
+        self.first.append(clone(self.monitor.references.first))
+        self.previous.append(clone(self.monitor.references.previous))
+        self.scales.append(clone(self.monitor.color_scales.scales))
+
+
+def nan_all(module, x, out):
+    return out * NAN
+
+
+def inf_all(module, x, out):
+    return out + math.inf
+
+
+def marked(x: torch.Tensor) -> torch.Tensor:
+    """The marked examples: token 9 somewhere (text), or a first feature above 500."""
+    return (x == 9).any(1) if not x.is_floating_point() else x.flatten(1)[:, 0] > 500
+
+
+def nan_marked(module, x, out):
+    return torch.where(marked(x)[:, None], NAN, out)
+
+
+def nan_gradient_all(module, x, out):
+    # sqrt(0 * x) is 0 (finite), but its gradient is 0 * inf = NaN: finite outputs, non-finite gradients.
+    return out + torch.sqrt(x.flatten(1)[:, :1] * 0.0)
+
+
+def nan_gradient_at_zero(module, x, out):
+    # |x0| written as sqrt(x0^2): finite everywhere, gradient 0/0 = NaN where x0 == 0 (every path point then).
+    return out + torch.sqrt(x.flatten(1)[:, :1] ** 2)
+
+
+def nan_at_first_epoch(module, x, out):
+    return out * NAN if module.current_epoch == 0 else out
+
+
+def nan_marked_at_first_epoch(module, x, out):
+    return nan_marked(module, x, out) if module.current_epoch == 0 else out
+
+
+def probe_with_marker(kind: str, n: int = 4, at: int = 1):
+    x, y = dataset(kind)[:n]
+    x = x.clone()
+    if kind == "text":
+        x[at, 2] = 9
+    else:
+        x.view(n, -1)[at, 0] = 1000.0
+    return x, y

@@ -1,4 +1,4 @@
-"""Run by tests/test_ddp.py as `python tests/ddp_worker.py MODE OUT_DIR`: 2 CPU processes under DDP (gloo).
+"""Run by tests/integration/test_ddp.py as `python tests/ddp_worker.py MODE OUT_DIR`: 2 CPU processes under DDP (gloo).
 
 Lightning's "ddp" strategy re-launches this script for rank 1, so everything happens at import-free top level.
 """

@@ -1,4 +1,4 @@
-"""Run by tests/test_faults_monitor.py as `python tests/fault_worker.py MODE OUT_DIR`: 2 CPU processes, DDP (gloo).
+"""Run by tests/integration/test_faults.py as `python tests/fault_worker.py MODE OUT_DIR`: 2 CPU processes, DDP (gloo).
 
 Lightning's "ddp" strategy re-launches this script for rank 1. Each rank saves what it saw to
 ``OUT_DIR/MODE_rank{r}.pt``, also when the run raises (then the error is re-raised, so the exit status fails).

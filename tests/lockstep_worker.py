@@ -1,9 +1,9 @@
-"""Run by tests/test_auto.py as `python tests/lockstep_worker.py OUT_DIR`: 2 CPU processes (gloo) in lockstep.
+"""Run by tests/functional/test_auto.py as `python tests/lockstep_worker.py OUT_DIR`: 2 CPU processes (gloo) in lockstep.
 
 Rank 0 explains easy examples (near the baseline, few rounds), rank 1 hard ones (far out on a ReLU network, and
 one example more); ``sync`` is an all_reduce(MAX). Every rank saves its forward count, the points of each
 gradient call, and its results with and without ``sync``. Also holds the stand-in path and the small model that
-tests/test_auto.py uses: this file imports only torch, so the spawned processes start fast.
+tests/functional/test_auto.py uses: this file imports only torch, so the spawned processes start fast.
 """
 
 import os

@@ -21,8 +21,6 @@ Example::
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
 
 import torch
 

@@ -25,10 +25,11 @@ from ig_lightning.functional.integrated_gradients import IGResult
 from ig_lightning.monitor import preflight
 from ig_lightning.monitor._isolation import eval_mode, preserved_rng
 from ig_lightning.monitor.config import DELTA_FLOOR, MetricNames, MonitorConfig
-from ig_lightning.monitor.explainer import Explainer, find_faults, resolve_targets
+from ig_lightning.monitor.explainer import Explainer
+from ig_lightning.monitor.policy import AttributionDriftError, BreachPolicy, find_faults
+from ig_lightning.monitor.targets import resolve_targets
 from ig_lightning.monitor.measure import alarm_limits, measure
-from ig_lightning.monitor.policy import AttributionDriftError, BreachPolicy
-from ig_lightning.monitor.probe import ModelInputs, Probe, Unpack, first_val_dataloader, take_probe
+from ig_lightning.monitor.probe import ModelInputs, Probe, Unpack
 from ig_lightning.monitor.tracking import ColorScales, DriftHistory, DriftReferences, RuleTracker
 from ig_lightning.output.markdown import Names
 from ig_lightning.output.report import Reporter, logger_step
@@ -165,7 +166,7 @@ class IntegratedGradientsMonitor(Callback):
         drift_metric: Literal["cosine", "spearman", "topk_jaccard"] = "cosine",
         drift_reference: Literal["previous", "first"] = "previous",
         drift_threshold: float | Literal["auto"] | None = None,
-        drift_factor: float = 4.0,
+        drift_factor: float = 5.0,
         drift_window: int = 5,
         drift_scope: Literal["class", "probe"] | None = None,
         completeness_threshold: float | None = None,
@@ -191,12 +192,6 @@ class IntegratedGradientsMonitor(Callback):
         arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.config = MonitorConfig(**arguments)
         self.names = MetricNames()
-        if self.config.drift_threshold is not None and self.config.drift_reference == "previous" and \
-                self.config.patience > 1 and self.config.patience_window is None:
-            rank_zero_warn(f"IntegratedGradientsMonitor: patience={patience} counts breaches in a row, but drift "
-                           "against the previous check shows a sudden change of reasons at one check only: such a "
-                           "change is never acted on. Use patience=1, or patience_window (e.g. "
-                           f"{2 * patience + 1}) to count breaches over a window")
         # Progress (in the checkpoint).
         self.probe: Probe | None = self.config.given_probe
         self.targets: torch.Tensor | None = None
@@ -261,14 +256,8 @@ class IntegratedGradientsMonitor(Callback):
     # --- setup: everything that can be validated before training --------------------------------------
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self.config.layer is not None:
-            try:
-                self._layer_module = pl_module.get_submodule(self.config.layer)
-            except AttributeError:
-                names = [n for n, _ in pl_module.named_modules() if n][:20]
-                raise ValueError(f"`layer` {self.config.layer!r} is not a submodule of the model; some names: "
-                                 f"{names}") from None
-        fingerprint = _model_fingerprint(pl_module)
+        self._layer_module = preflight.find_layer(pl_module, self.config.layer)
+        fingerprint = preflight.model_fingerprint(pl_module)
         previous = self._model_ref() if self._model_ref is not None else None
         if (previous is not None and previous is not pl_module) or \
                 (self._model_fingerprint is not None and self._model_fingerprint != fingerprint):
@@ -301,26 +290,12 @@ class IntegratedGradientsMonitor(Callback):
             return
         config = self.config
         with preserved_rng(pl_module.device):
-            self._take_probe(trainer)
+            self.probe = self.probe or preflight.take_probe_from(trainer, self.config)
             self._batch = preflight.points_per_forward(trainer, config.internal_batch_size, len(self.probe))
             self._explainer = Explainer(self.probe.inputs, config.attribute, self._layer_module, config.layer,
                                         config.output_transform, preflight.resolve_baseline(config, self.probe))
             self._kind = preflight.validate(config, self.probe, self._explainer, pl_module, self._batch)
         self._reporter = Reporter(self._tensorboard, config.log_images, make_view(self._kind, config))
-
-    def _take_probe(self, trainer: Trainer) -> None:
-        if self.probe is not None:
-            return
-        loader = first_val_dataloader(trainer.val_dataloaders)
-        if loader is None and trainer.state.fn == "fit":
-            loader = preflight.request_val_dataloader(trainer)
-        if loader is None:
-            raise ValueError("`probe` is an int but the trainer has no validation dataloader to take it from: pass "
-                             "`val_dataloaders` (or a datamodule with `val_dataloader`), or a Tensor probe")
-        probe = take_probe(loader, self.config.probe_size, self.config.unpack, self.config.probe_selection)
-        # Map-style datasets give every rank the same probe; broadcasting also covers iterable ones.
-        self.probe = Probe.from_state(trainer.strategy.broadcast(probe.state(), src=0))
-        preflight.warn_about_coverage(self.probe, self.config.probe_size)
 
     # --- when to check -----------------------------------------------------------------------------
 
@@ -392,16 +367,14 @@ class IntegratedGradientsMonitor(Callback):
         self._single_output = self.targets is None
 
     def _attribute(self, trainer: Trainer, pl_module: LightningModule) -> IGResult:
-        config, device = self.config, pl_module.device
+        config = self.config
         precision = trainer.precision_plugin.forward_context() if config.autocast else \
-            torch.autocast(device.type, enabled=False)
-        sync = _rank_sync(trainer, device) if trainer.world_size > 1 and config.n_steps == "auto" else None
+            torch.autocast(pl_module.device.type, enabled=False)
         with eval_mode(pl_module), precision:
             return self._explainer.attribute(
                 trainer, pl_module, self.probe.inputs, self.targets, n_steps=config.n_steps, method=config.method,
                 internal_batch_size=self._batch, tolerance=config.tolerance, max_steps=config.max_steps,
-                delta_floor=DELTA_FLOOR, sync=sync,
-            )
+                delta_floor=DELTA_FLOOR)
 
     def _log_scalars(self, trainer: Trainer, pl_module: LightningModule, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
@@ -436,15 +409,3 @@ class IntegratedGradientsMonitor(Callback):
         self._model_fingerprint = state_dict.get("model", self._model_fingerprint)
         self.checks = state_dict.get("checks", self.checks)
         self._explainer = None  # validated again against the model before the next check
-
-
-def _rank_sync(trainer: Trainer, device: torch.device) -> Callable[[int], int]:
-    """``sync(k)``: the largest ``k`` over the ranks, so that every rank runs as many forward passes as the busiest."""
-    def sync(k: int) -> int:
-        return int(trainer.strategy.reduce(torch.tensor(k, device=device), reduce_op="max"))
-    return sync
-
-
-def _model_fingerprint(module: nn.Module) -> str:
-    shapes = ",".join(f"{n}:{tuple(p.shape)}" for n, p in module.named_parameters())
-    return f"{type(module).__qualname__}[{shapes}]"

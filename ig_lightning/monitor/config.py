@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from ig_lightning._validation import (
     validate_bool,
@@ -118,7 +119,7 @@ class MonitorConfig:
     drift_metric: str = "cosine"
     drift_reference: str = "previous"
     drift_threshold: float | str | None = None
-    drift_factor: float = 4.0
+    drift_factor: float = 5.0
     drift_window: int = 5
     drift_scope: str | None = None
     completeness_threshold: float | None = None
@@ -228,6 +229,12 @@ class MonitorConfig:
                 raise ValueError(f"`patience_window` must be >= `patience` ({self.patience}), got "
                                  f"{self.patience_window}")
         validate_choice(self.on_breach, "on_breach", ON_BREACH)
+        if self.drift_threshold is not None and self.drift_reference == "previous" and self.patience > 1 and \
+                self.patience_window is None:
+            rank_zero_warn(f"IntegratedGradientsMonitor: patience={self.patience} counts breaches in a row, but drift "
+                           "against the previous check shows a sudden change of reasons at one check only: such a "
+                           "change is never acted on. Use patience=1, or patience_window (e.g. "
+                           f"{2 * self.patience + 1}) to count breaches over a window")
         validate_int(self.top_k, "top_k", minimum=1)
         validate_bool(self.deletion_check, "deletion_check")
 

@@ -16,7 +16,6 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from ig_lightning._validation import validate_target
 from ig_lightning.functional._hooks import tap_layers
 from ig_lightning.functional._inputs import make_baselines, model_output
 from ig_lightning.functional.deletion import DeletionResult, deletion_drop, rule_deletion_drop
@@ -212,6 +211,8 @@ class Explainer:
         dropped after the gather.
         """
         world, rank = trainer.world_size, trainer.global_rank
+        if world > 1 and engine_kwargs.get("n_steps") == "auto":
+            engine_kwargs["sync"] = _rank_sync(trainer, on_model(model, torch.zeros(())).device)
         n = len(inputs)
         per_rank = math.ceil(n / world)
         idx = torch.arange(rank * per_rank, (rank + 1) * per_rank).clamp_max(n - 1)
@@ -365,59 +366,8 @@ def _gather(trainer: Any, t: torch.Tensor, n: int) -> torch.Tensor:
     return gathered.reshape(-1, *t.shape[1:])[:n]
 
 
-def resolve_targets(target: Any, outputs: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
-    """The output explained per probe example, from the model's outputs on the probe ``(B,)``/``(B, C)``.
-
-    ``None`` when the model has one output per example. Raises naming ``target`` when it cannot be used.
-    """
-    n = outputs.shape[0]
-    if outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] == 1):
-        return None  # one output per example: nothing to choose
-    if outputs.ndim != 2:
-        raise ValueError(f"the model's outputs must be (B,) or (B, C) to be explained, got {tuple(outputs.shape)}: "
-                         "select one score per class with `output_transform`")
-    n_classes = outputs.shape[1]
-    if target == "auto":
-        target = "label" if labels is not None and not labels.dtype.is_floating_point and labels.ndim == 1 \
-            else "prediction"
-    if target == "label":
-        if labels is None or labels.dtype.is_floating_point or labels.shape != (n,):
-            raise ValueError(
-                "`target`='label' needs integer class labels of shape (B,) in the probe; got "
-                f"{None if labels is None else (labels.dtype, tuple(labels.shape))}: use target='prediction' "
-                "or pass `unpack=`"
-            )
-        chosen = labels.long()
-    elif target == "prediction":
-        chosen = outputs.argmax(-1)
-    elif callable(target):
-        chosen = validate_target(target(outputs, labels), n)
-    else:
-        chosen = validate_target(target, n)
-    bad = (chosen < 0) | (chosen >= n_classes)
-    if bool(bad.any()):
-        source = "labels" if target == "label" else "`target`"
-        raise ValueError(f"{source} must be class indices in [0, {n_classes - 1}] for a model with {n_classes} "
-                         f"outputs, got {chosen[bad].unique()[:5].tolist()}")
-    return chosen
-
-
-def find_faults(inputs: ModelInputs, delta: torch.Tensor, finite: torch.Tensor, epoch: int) -> list[str]:
-    """Which probe examples have non-finite attributions, and where that comes from: the probe's inputs, the
-    model's outputs (``delta``), or its gradients. One message per source; none when ``finite`` is all True."""
-    if bool(finite.all()):
-        return []
-    bad_input = torch.zeros_like(finite)
-    for _, t in inputs.items():
-        if t.is_floating_point():
-            bad_input |= ~torch.isfinite(t.reshape(len(t), -1)).all(1)
-    bad_output = ~torch.isfinite(delta) & ~bad_input
-    bad_gradient = ~finite & ~bad_input & ~bad_output
-    found = []
-    for mask, where in ((bad_input, "the probe inputs"), (bad_output, "the model's outputs F(x) or F(baseline)"),
-                        (bad_gradient, "the model's gradients")):
-        idx = mask.nonzero().flatten().tolist()
-        if idx:
-            found.append(f"attributions are NaN or infinite at epoch {epoch} for {len(idx)} of {len(finite)} "
-                         f"probe examples {idx[:10]}: the values come from {where}")
-    return found
+def _rank_sync(trainer: Any, device: torch.device) -> Callable[[int], int]:
+    """``sync(k)``: the largest ``k`` over the ranks, so that every rank runs as many forward passes as the busiest."""
+    def sync(k: int) -> int:
+        return int(trainer.strategy.reduce(torch.tensor(k, device=device), reduce_op="max"))
+    return sync

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ig_lightning.monitor.config import METRICS, ON_BREACH, THRESHOLDS
+from ig_lightning.monitor.probe import ModelInputs
 
-__all__ = ["ON_BREACH", "AttributionDriftError", "BreachPolicy"]
+__all__ = ["ON_BREACH", "AttributionDriftError", "BreachPolicy", "find_faults"]
 
 
 class AttributionDriftError(RuntimeError):
@@ -93,3 +95,24 @@ class BreachPolicy:
             self.recent = [bool(b) for b in state["recent_breaches"]][-self.window:]
         else:
             self.streak = state.get("breach_streak", 0)
+
+
+def find_faults(inputs: ModelInputs, delta: torch.Tensor, finite: torch.Tensor, epoch: int) -> list[str]:
+    """Which probe examples have non-finite attributions, and where that comes from: the probe's inputs, the
+    model's outputs (``delta``), or its gradients. One message per source; none when ``finite`` is all True."""
+    if bool(finite.all()):
+        return []
+    bad_input = torch.zeros_like(finite)
+    for _, t in inputs.items():
+        if t.is_floating_point():
+            bad_input |= ~torch.isfinite(t.reshape(len(t), -1)).all(1)
+    bad_output = ~torch.isfinite(delta) & ~bad_input
+    bad_gradient = ~finite & ~bad_input & ~bad_output
+    found = []
+    for mask, where in ((bad_input, "the probe inputs"), (bad_output, "the model's outputs F(x) or F(baseline)"),
+                        (bad_gradient, "the model's gradients")):
+        idx = mask.nonzero().flatten().tolist()
+        if idx:
+            found.append(f"attributions are NaN or infinite at epoch {epoch} for {len(idx)} of {len(finite)} "
+                         f"probe examples {idx[:10]}: the values come from {where}")
+    return found

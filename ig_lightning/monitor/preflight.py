@@ -18,8 +18,9 @@ from torch import nn
 
 from ig_lightning.functional.baselines import special_token_baseline
 from ig_lightning.monitor.config import DELTA_FLOOR, SPECIAL_TOKENS, MonitorConfig
-from ig_lightning.monitor.explainer import Explainer, per_token, resolve_targets
-from ig_lightning.monitor.probe import LAYER_INPUT_KEYS, Probe, first_val_dataloader
+from ig_lightning.monitor.explainer import Explainer, per_token
+from ig_lightning.monitor.targets import resolve_targets
+from ig_lightning.monitor.probe import LAYER_INPUT_KEYS, Probe, first_val_dataloader, take_probe
 from ig_lightning.output.views import infer_kind
 
 #: The baseline is "predicted with high confidence" above this softmax probability (on most examples).
@@ -44,6 +45,38 @@ def will_check(trainer: Trainer, pl_module: LightningModule, every_n_epochs: int
             rank_zero_warn(f"IntegratedGradientsMonitor: with max_epochs={max_epochs}, check_val_every_n_epoch="
                            f"{every_val} and every_n_epochs={every_n_epochs} the monitor never checks")
     return True
+
+
+def find_layer(model: nn.Module, name: str | None) -> nn.Module | None:
+    """The submodule ``layer`` names (``None`` without a layer), or a ValueError listing some names."""
+    if name is None:
+        return None
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n][:20]
+        raise ValueError(f"`layer` {name!r} is not a submodule of the model; some names: {names}") from None
+
+
+def model_fingerprint(module: nn.Module) -> str:
+    """The model's class and parameter shapes: a checkpoint's monitor state belongs to such a model."""
+    shapes = ",".join(f"{n}:{tuple(p.shape)}" for n, p in module.named_parameters())
+    return f"{type(module).__qualname__}[{shapes}]"
+
+
+def take_probe_from(trainer: Trainer, config: MonitorConfig) -> Probe:
+    """``config.probe_size`` examples of the trainer's first validation dataloader, the same on every rank."""
+    loader = first_val_dataloader(trainer.val_dataloaders)
+    if loader is None and trainer.state.fn == "fit":
+        loader = request_val_dataloader(trainer)
+    if loader is None:
+        raise ValueError("`probe` is an int but the trainer has no validation dataloader to take it from: pass "
+                         "`val_dataloaders` (or a datamodule with `val_dataloader`), or a Tensor probe")
+    probe = take_probe(loader, config.probe_size, config.unpack, config.probe_selection)
+    # Map-style datasets give every rank the same probe; broadcasting also covers iterable ones.
+    probe = Probe.from_state(trainer.strategy.broadcast(probe.state(), src=0))
+    warn_about_coverage(probe, config.probe_size)
+    return probe
 
 
 def request_val_dataloader(trainer: Trainer) -> Any:
@@ -130,7 +163,6 @@ def validate_outputs(config: MonitorConfig, probe: Probe, explainer: Explainer, 
     Raises:
         ValueError: a setting that does not fit the model or the data, naming the argument.
     """
-    n = len(probe)
     single = outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] == 1)
     if single and config.output_transform in ("softmax", "log_softmax"):
         raise ValueError(f"`output_transform`={config.output_transform!r} over a model with one output per example "

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from tensorboard.compat.proto.summary_pb2 import Summary
 
-from ig_lightning.output import render
+from ig_lightning.output import charts, render
 from ig_lightning.functional.rules import class_mean_maps
 from ig_lightning.output.markdown import Names, name_lookup, rules_markdown, token_table
 
@@ -205,7 +205,7 @@ class TextView:
         keep = torch.ones_like(scores, dtype=torch.bool) if mask is None else mask[:n].reshape(n, -1)
         tokens = self.tokens(record.inputs[:n], keep)
         scores = _compact(scores, keep)
-        strip = render.token_strip(tokens, scores, record.scales[:n], cmap=self.cmap)
+        strip = charts.token_strip(tokens, scores, record.scales[:n], cmap=self.cmap)
         add_png(writer, "ig/token_attributions", strip, record.step)
         writer.add_text("ig/tokens", token_table(tokens, scores, title=f"epoch {record.epoch}"), record.step)
         if record.rules:
@@ -233,7 +233,7 @@ def _compact(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 class TabularView:
     """Bar charts of feature attributions per example and for the probe, and each class's top features.
 
-    Non-finite attributions are drawn as mid-grey bars (see :func:`render.bar_chart`); an example's
+    Non-finite attributions are drawn as mid-grey bars (see :func:`charts.bar_chart`); an example's
     scale that is not finite or not positive gives a chart whose axis follows the data. The probe mean
     averages only the examples whose attributions are all finite (all mid-grey when there is none).
     """
@@ -247,12 +247,12 @@ class TabularView:
         scores = record.scores.reshape(record.scores.shape[0], -1)
         names = list(self.feature_names) if self.feature_names is not None else None
         for i in range(min(self.max_examples, scores.shape[0])):
-            chart = render.bar_chart(scores[i], names, title=f"example {i}", max_bars=self.max_bars,
+            chart = charts.bar_chart(scores[i], names, title=f"example {i}", max_bars=self.max_bars,
                                      scale=_usable_scale(float(record.scales[i])))
             add_png(writer, f"ig/feature_attributions/example_{i}", chart, record.step)
         finite = _finite_examples(scores)
         mean = scores[finite].mean(0) if finite.any() else torch.full(scores.shape[1:], math.nan)
-        chart = render.bar_chart(mean, names, title="probe mean", max_bars=self.max_bars,
+        chart = charts.bar_chart(mean, names, title="probe mean", max_bars=self.max_bars,
                                  scale=_usable_scale(_mean_scale(record.scales)))
         add_png(writer, "ig/feature_attributions/probe_mean", chart, record.step)
         if record.rules:

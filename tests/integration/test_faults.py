@@ -1,4 +1,7 @@
-"""Issue 9, "never break the run": the monitor under faults (bad arguments, bad setups, diverged models, I/O, DDP).
+"""Issue 9, "never break the run": the monitor under faults (bad setups, diverged models, I/O, DDP) in real fits.
+
+Bad constructor arguments are in the one table of tests/monitor/test_config.py; the models, data and helpers
+(``Net``, ``fit_net``, ``make_trainer``, the poisons, ``Snapshots``) are in tests/conftest.py.
 
 Each case asserts the exact outcome: which error and message, that it came before the first training step,
 that training went on or stopped as configured, and (under DDP) that no rank hung.
@@ -16,14 +19,33 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
-from contextlib import contextmanager
 
 import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, make_data
+from conftest import (
+    NAN,
+    Net,
+    Snapshots,
+    caught_warnings,
+    data_loaders,
+    dataset,
+    fit_net,
+    free_port,
+    inf_all,
+    make_trainer,
+    marked,
+    monitor_messages,
+    nan_all,
+    nan_at_first_epoch,
+    nan_gradient_all,
+    nan_gradient_at_zero,
+    nan_marked,
+    nan_marked_at_first_epoch,
+    probe_with_marker,
+    write_failures,
+)
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -35,204 +57,7 @@ from ig_lightning import AttributionDriftError, IntegratedGradientsMonitor
 from ig_lightning.output import report as report_module
 from ig_lightning.output import views as views_module
 
-WORKER = os.path.join(os.path.dirname(__file__), "fault_worker.py")
-NAN = float("nan")
-
-
-# --- models, data and helpers ------------------------------------------------------------------------
-
-
-class Net(pl.LightningModule):
-    """A tiny model of one kind ("image", "tabular", "text") that counts its training steps.
-
-    ``poison(module, x, out) -> out`` is applied to the outputs in eval mode only (the monitor's checks and
-    validation), so training itself stays finite and comparable.
-    """
-
-    def __init__(self, kind: str = "image", classes: int = 4) -> None:
-        super().__init__()
-        self.kind = kind
-        if kind == "image":
-            self.net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
-                                     nn.Dropout(0.2), nn.Linear(3 * 8 * 8, classes))
-        elif kind == "tabular":
-            self.net = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, classes))
-        else:
-            self.embedding = nn.Embedding(10, 4)
-            self.head = nn.Linear(4, classes)
-        self.steps = 0
-        self.poison = None
-        self.on_first_step = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.head(self.embedding(x).mean(1)) if self.kind == "text" else self.net(x)
-        if self.poison is not None and not self.training:
-            out = self.poison(self, x, out)
-        return out
-
-    def training_step(self, batch, batch_idx):
-        if self.steps == 0 and self.on_first_step is not None:
-            self.on_first_step()
-        self.steps += 1
-        x, y = batch
-        return nn.functional.cross_entropy(self(x), y)
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
-
-
-def dataset(kind: str = "image", n: int = 32, classes: int = 4) -> TensorDataset:
-    g = torch.Generator().manual_seed(1)
-    if kind == "image":
-        return make_data(n, classes)
-    if kind == "tabular":
-        x = torch.randn(n, 5, generator=g) + 0.5  # feature 0 is never exactly 0
-        return TensorDataset(x, (x[:, 0] > 0.5).long() + (x[:, 1] > 0.5).long())
-    ids = torch.randint(1, 9, (n, 6), generator=g)  # token 9 is kept as a marker, 0 as the baseline
-    return TensorDataset(ids, (ids[:, 0] > 4).long())
-
-
-def data_loaders(kind: str = "image", n: int = 32, batch_size: int = 8, val=None, classes: int = 4):
-    data = dataset(kind, n, classes)
-    return (DataLoader(data, batch_size=batch_size, shuffle=True),
-            DataLoader(data if val is None else val, batch_size=batch_size))
-
-
-def make_trainer(tmp_path, callbacks=(), **kw) -> pl.Trainer:
-    args = dict(max_epochs=2, enable_progress_bar=False, enable_model_summary=False, logger=False,
-                enable_checkpointing=False, default_root_dir=tmp_path, accelerator="cpu", devices=1,
-                num_sanity_val_steps=0)
-    args.update(kw)
-    return pl.Trainer(callbacks=list(callbacks), **args)
-
-
-def fit(tmp_path, monitor=None, kind="image", model=None, val=None, callbacks=(), before=(), seed=0, batch_size=8,
-        ckpt_path=None, **kw):
-    """Fit a fresh seeded ``Net(kind)`` (or ``model``, seeded by the caller); ``before`` run ahead of the monitor."""
-    torch.manual_seed(seed)
-    model = Net(kind) if model is None else model
-    train, val_loader = data_loaders(kind, batch_size=batch_size, val=val)
-    t = make_trainer(tmp_path, [*before, *([monitor] if monitor is not None else []), *callbacks], **kw)
-    t.fit(model, train, val_loader, ckpt_path=ckpt_path)
-    return t, model
-
-
-@contextmanager
-def caught_warnings():
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield caught
-
-
-def monitor_messages(caught) -> list[str]:
-    return [str(w.message) for w in caught if "IntegratedGradientsMonitor" in str(w.message)]
-
-
-def write_failures(caught) -> list[str]:
-    return [m for m in monitor_messages(caught) if "could not write" in m]
-
-
-class Snapshots(Callback):
-    """Placed after the monitor: copies its state at the end of every check."""
-
-    def __init__(self, monitor: IntegratedGradientsMonitor) -> None:
-        self.monitor, self.metrics, self.first, self.previous, self.scales = monitor, [], [], [], []
-
-    def on_validation_epoch_end(self, trainer, pl_module):
-        clone = lambda t: None if t is None else t.clone()  # noqa: E731
-        self.metrics.append(dict(self.monitor.last_metrics))
-        self.first.append(clone(self.monitor.references.first))
-        self.previous.append(clone(self.monitor.references.previous))
-        self.scales.append(clone(self.monitor.color_scales.scales))
-
-
-def nan_all(module, x, out):
-    return out * NAN
-
-
-def inf_all(module, x, out):
-    return out + math.inf
-
-
-def marked(x: torch.Tensor) -> torch.Tensor:
-    """The marked examples: token 9 somewhere (text), or a first feature above 500."""
-    return (x == 9).any(1) if not x.is_floating_point() else x.flatten(1)[:, 0] > 500
-
-
-def nan_marked(module, x, out):
-    return torch.where(marked(x)[:, None], NAN, out)
-
-
-def nan_gradient_all(module, x, out):
-    # sqrt(0 * x) is 0 (finite), but its gradient is 0 * inf = NaN: finite outputs, non-finite gradients.
-    return out + torch.sqrt(x.flatten(1)[:, :1] * 0.0)
-
-
-def nan_gradient_at_zero(module, x, out):
-    # |x0| written as sqrt(x0^2): finite everywhere, gradient 0/0 = NaN where x0 == 0 (every path point then).
-    return out + torch.sqrt(x.flatten(1)[:, :1] ** 2)
-
-
-def nan_at_first_epoch(module, x, out):
-    return out * NAN if module.current_epoch == 0 else out
-
-
-def nan_marked_at_first_epoch(module, x, out):
-    return nan_marked(module, x, out) if module.current_epoch == 0 else out
-
-
-def probe_with_marker(kind: str, n: int = 4, at: int = 1):
-    x, y = dataset(kind)[:n]
-    x = x.clone()
-    if kind == "text":
-        x[at, 2] = 9
-    else:
-        x.view(n, -1)[at, 0] = 1000.0
-    return x, y
-
-
-# --- the constructor: every argument is checked ---------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "error", "match"),
-    [
-        ({"tolerance": NAN}, ValueError, "`tolerance` must be a finite number"),
-        ({"tolerance": math.inf}, ValueError, "`tolerance` must be a finite number"),
-        ({"drift_threshold": math.inf}, ValueError, "`drift_threshold` must be a finite number"),
-        ({"region": torch.ones(2, 2, dtype=torch.bool), "region_threshold": NAN}, ValueError, "`region_threshold`"),
-        ({"color_headroom": math.inf}, ValueError, "`color_headroom`"),
-        ({"baseline": NAN}, ValueError, "`baseline` must be finite"),
-        ({"baseline": torch.tensor([0.0, math.inf])}, ValueError, "`baseline` must be finite"),
-        ({"baseline": (0.0, -math.inf)}, ValueError, r"`baseline\[1\]` must be finite"),
-        ({"probe": torch.tensor([[0.0, NAN]])}, ValueError, "`probe` input 0 holds NaN or infinite values"),
-        ({"probe": True}, TypeError, "`probe` must be an int"),
-        ({"n_steps": True}, TypeError, "`n_steps`"),
-        ({"max_images": True}, TypeError, "`max_images` must be an int"),
-        ({"top_k": 0}, ValueError, "`top_k` must be >= 1"),
-        ({"log_images": "yes"}, TypeError, "`log_images` must be a bool"),
-        ({"layer": "   "}, ValueError, "`layer` must name a submodule"),
-        ({"layer": ""}, ValueError, "`layer` must name a submodule"),
-        ({"attribute": [0, 0]}, ValueError, "`attribute` names an input twice"),
-        ({"attribute": True}, TypeError, "`attribute`"),
-        ({"target": True}, TypeError, "`target` must be an int"),
-        ({"target": 1.5}, TypeError, "`target` must be an int"),
-        ({"feature_names": "abc"}, TypeError, "`feature_names` must be a list of names"),
-        ({"class_names": []}, ValueError, "`class_names` must not be empty"),
-        ({"internal_batch_size": 2.5}, TypeError, "`internal_batch_size` must be an int"),
-        ({"region": torch.zeros(2, 2, dtype=torch.bool)}, ValueError, "`region` must select at least one"),
-        ({"attribution_error_threshold": 0.1, "n_steps": 32}, ValueError,
-         "`attribution_error_threshold` needs n_steps='auto'"),
-        ({"output_transform": 3}, TypeError, "`output_transform` must be a name or a callable"),
-    ],
-)
-def test_constructor_rejects_bad_arguments_naming_them(kwargs, error, match):
-    with pytest.raises(error, match=match):
-        IntegratedGradientsMonitor(**kwargs)
+WORKER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fault_worker.py")
 
 
 # --- the start of fit: configuration errors found before the first training step -----------------------
@@ -355,7 +180,7 @@ def test_configuration_errors_are_found_before_the_first_training_step(tmp_path,
     model = make_model(kind) if make_model is Net else make_model()
     monitor = IntegratedGradientsMonitor(n_steps=4, **kwargs)
     with pytest.raises(error, match=match):
-        fit(tmp_path, monitor, kind, model=model, max_epochs=1)
+        fit_net(tmp_path, monitor, kind, model=model, max_epochs=1)
     assert model.steps == 0
 
 
@@ -365,7 +190,7 @@ def test_start_check_runs_even_when_the_first_validation_is_late(tmp_path, with_
     monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, class_names=["a", "b"])
     model = Net()
     with pytest.raises(ValueError, match="`class_names` has 2 names"):
-        fit(tmp_path, monitor, model=model, max_epochs=3, check_val_every_n_epoch=3,
+        fit_net(tmp_path, monitor, model=model, max_epochs=3, check_val_every_n_epoch=3,
             num_sanity_val_steps=2 if with_sanity_check else 0)
     assert model.steps == 0
 
@@ -376,7 +201,7 @@ def test_probe_larger_than_the_data_warns_before_training_and_holds_what_there_i
     model, seen = Net(), []
     with caught_warnings() as caught:
         model.on_first_step = lambda: seen.extend(monitor_messages(caught))
-        t, _ = fit(tmp_path, monitor, model=model, val=TensorDataset(x, y), max_epochs=2)
+        t, _ = fit_net(tmp_path, monitor, model=model, val=TensorDataset(x, y), max_epochs=2)
     assert any("`probe`=8 but the validation data has 5 examples" in m for m in seen)
     assert len(monitor.probe) == 5 and monitor.checks == 2 and t.current_epoch == 2
 
@@ -392,7 +217,7 @@ def test_validation_that_never_runs_warns_before_training(tmp_path, how):
     with caught_warnings() as caught:
         model.on_first_step = lambda: seen.extend(monitor_messages(caught))
         kw = {"limit_val_batches": 0} if how == "limit_val_batches" else {}
-        t, _ = fit(tmp_path, monitor, model=model, max_epochs=1, **kw)
+        t, _ = fit_net(tmp_path, monitor, model=model, max_epochs=1, **kw)
     assert any("validation never runs" in m for m in seen)
     assert monitor.checks == 0 and t.current_epoch == 1
 
@@ -400,24 +225,24 @@ def test_validation_that_never_runs_warns_before_training(tmp_path, how):
 def test_resumed_checkpoint_with_other_probe_settings_warns_and_takes_the_probe_anew(tmp_path):
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     first = IntegratedGradientsMonitor(probe=6, n_steps=4)
-    fit(tmp_path, first, max_epochs=1, callbacks=[ckpt], enable_checkpointing=True)
+    fit_net(tmp_path, first, max_epochs=1, callbacks=[ckpt], enable_checkpointing=True)
     resumed = IntegratedGradientsMonitor(probe=4, n_steps=4)
     model, seen = Net(), []
     with caught_warnings() as caught:
         model.on_first_step = lambda: seen.extend(monitor_messages(caught))
-        t, _ = fit(tmp_path, resumed, model=model, max_epochs=2, ckpt_path=ckpt.last_model_path)
+        t, _ = fit_net(tmp_path, resumed, model=model, max_epochs=2, ckpt_path=ckpt.last_model_path)
     assert any("other settings" in m and "probe" in m for m in seen)
     assert len(resumed.probe) == 4 and resumed.references.first.shape[0] == 4 and t.current_epoch == 2
 
 
 def test_one_monitor_reused_for_another_model_warns_and_resets(tmp_path):
     monitor = IntegratedGradientsMonitor(probe=4, n_steps=4)
-    fit(tmp_path, monitor, max_epochs=2)
+    fit_net(tmp_path, monitor, max_epochs=2)
     assert monitor.checks == 2
     other, seen = Net("tabular"), []
     with caught_warnings() as caught:
         other.on_first_step = lambda: seen.extend(monitor_messages(caught))
-        fit(tmp_path, monitor, "tabular", model=other, max_epochs=1)
+        fit_net(tmp_path, monitor, "tabular", model=other, max_epochs=1)
     assert any("used with another model" in m for m in seen)
     assert monitor.checks == 1 and monitor.probe_inputs.shape == (4, 5)  # the tabular probe, taken anew
 
@@ -425,11 +250,11 @@ def test_one_monitor_reused_for_another_model_warns_and_resets(tmp_path):
 def test_one_monitor_reused_for_a_new_model_of_the_same_architecture_warns_and_resets(tmp_path):
     # A loop that builds a new model per run (e.g. a hyperparameter search) with one monitor.
     monitor = IntegratedGradientsMonitor(probe=4, n_steps=4)
-    fit(tmp_path, monitor, max_epochs=2)
+    fit_net(tmp_path, monitor, max_epochs=2)
     seen, other = [], Net()
     with caught_warnings() as caught:
         other.on_first_step = lambda: seen.extend(monitor_messages(caught))
-        fit(tmp_path, monitor, model=other, max_epochs=1)
+        fit_net(tmp_path, monitor, model=other, max_epochs=1)
     assert any("used with another model" in m for m in seen)
     assert monitor.checks == 1
 
@@ -478,9 +303,9 @@ def test_nan_outputs_are_a_breach_handled_by_on_breach(tmp_path, on_breach):
         if on_breach == "raise":
             with pytest.raises(AttributionDriftError, match=r"for 4 of 4 probe examples \[0, 1, 2, 3\]: the values "
                                                             r"come from the model's outputs"):
-                fit(tmp_path, monitor, model=model, max_epochs=3)
+                fit_net(tmp_path, monitor, model=model, max_epochs=3)
             return
-        t, _ = fit(tmp_path, monitor, model=model, max_epochs=3)
+        t, _ = fit_net(tmp_path, monitor, model=model, max_epochs=3)
     breaches = [m for m in monitor_messages(caught) if "NaN or infinite" in m]
     assert breaches and all("the model's outputs" in m for m in breaches)
     assert t.current_epoch == (3 if on_breach == "warn" else 1)
@@ -492,7 +317,7 @@ def test_infinite_outputs_are_a_breach(tmp_path):
     model.poison = inf_all
     monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, on_breach="raise")
     with pytest.raises(AttributionDriftError, match="the values come from the model's outputs"):
-        fit(tmp_path, monitor, "tabular", model=model, max_epochs=1)
+        fit_net(tmp_path, monitor, "tabular", model=model, max_epochs=1)
 
 
 @pytest.mark.parametrize(("poison", "at", "examples"), [(nan_gradient_all, None, "4 of 4 probe examples [0, 1, 2, 3]"),
@@ -506,7 +331,7 @@ def test_nonfinite_gradients_with_finite_outputs_are_blamed_on_gradients(tmp_pat
     model.poison = poison
     monitor = IntegratedGradientsMonitor(probe=(x, y), n_steps=4, on_breach="raise")
     with pytest.raises(AttributionDriftError) as raised:
-        fit(tmp_path, monitor, "tabular", model=model, max_epochs=1)
+        fit_net(tmp_path, monitor, "tabular", model=model, max_epochs=1)
     message = str(raised.value)
     assert examples in message and "the values come from the model's gradients" in message
     assert "model's outputs" not in message and model.steps > 0
@@ -518,7 +343,7 @@ def test_nan_in_the_probe_taken_from_the_data_is_blamed_on_the_probe(tmp_path):
     x[1, 3] = NAN
     monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, on_breach="warn")
     with caught_warnings() as caught:
-        t, _ = fit(tmp_path, monitor, "tabular", val=TensorDataset(x, y), max_epochs=2,
+        t, _ = fit_net(tmp_path, monitor, "tabular", val=TensorDataset(x, y), max_epochs=2,
                    logger=TensorBoardLogger(tmp_path, name="tb"))
     breaches = [m for m in monitor_messages(caught) if "NaN or infinite" in m]
     assert breaches and all("1 of 4 probe examples [1]: the values come from the probe inputs" in m for m in breaches)
@@ -565,7 +390,7 @@ def test_nan_outputs_never_break_pictures_rules_or_drift(tmp_path, kind, which):
     monitor = IntegratedGradientsMonitor(probe=(x, y), n_steps=4, drift_threshold=10.0, **KIND_KW[kind])
     logger = TensorBoardLogger(tmp_path, name="tb")
     with caught_warnings() as caught:
-        t, _ = fit(tmp_path, monitor, kind, model=model, max_epochs=2, logger=logger)
+        t, _ = fit_net(tmp_path, monitor, kind, model=model, max_epochs=2, logger=logger)
     assert not write_failures(caught), write_failures(caught)
     expected = "4 of 4 probe examples [0, 1, 2, 3]" if which == "all" else "1 of 4 probe examples [1]"
     breaches = [m for m in monitor_messages(caught) if "NaN or infinite" in m]
@@ -585,7 +410,7 @@ def test_a_nonfinite_first_check_is_never_a_reference_and_later_checks_work(tmp_
     monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, drift_threshold=0.0, drift_reference=reference)
     snaps = Snapshots(monitor)
     with caught_warnings() as caught:
-        t, _ = fit(tmp_path, monitor, model=model, max_epochs=3, callbacks=[snaps],
+        t, _ = fit_net(tmp_path, monitor, model=model, max_epochs=3, callbacks=[snaps],
                    logger=TensorBoardLogger(tmp_path, name="tb"))
     assert not write_failures(caught)
     messages = monitor_messages(caught)
@@ -606,7 +431,7 @@ def test_one_nonfinite_example_gets_its_reference_at_the_next_finite_check(tmp_p
     monitor = IntegratedGradientsMonitor(probe=(x, y), n_steps=4, drift_reference="first")
     snaps = Snapshots(monitor)
     with caught_warnings():
-        fit(tmp_path, monitor, model=model, max_epochs=3, callbacks=[snaps])
+        fit_net(tmp_path, monitor, model=model, max_epochs=3, callbacks=[snaps])
     first0, first1 = snaps.first[0], snaps.first[1]
     assert torch.isnan(first0[1]).all() and torch.isfinite(first0[[0, 2, 3]]).all()
     assert torch.equal(first1[[0, 2, 3]], first0[[0, 2, 3]])  # kept from the first check
@@ -626,7 +451,7 @@ def test_a_nonfinite_check_between_finite_ones_is_skipped_as_previous_reference(
     monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, drift_reference="previous", on_breach="warn")
     snaps = Snapshots(monitor)
     with caught_warnings() as caught:
-        t, _ = fit(tmp_path, monitor, model=model, max_epochs=3, callbacks=[snaps])
+        t, _ = fit_net(tmp_path, monitor, model=model, max_epochs=3, callbacks=[snaps])
     assert any("at epoch 1 for 4 of 4 probe examples" in m for m in monitor_messages(caught))
     assert torch.equal(snaps.previous[1], snaps.previous[0])  # the NaN check replaced no reference
     assert "ig/drift" not in snaps.metrics[1] and math.isfinite(snaps.metrics[2]["ig/drift"])
@@ -674,7 +499,7 @@ def test_training_is_bit_identical_with_and_without_the_monitor(tmp_path, case):
         monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, drift_threshold=0.0 if case != "plain" else None,
                                              on_breach="warn") if with_monitor else None
         with caught_warnings():
-            t, _ = fit(tmp_path / str(with_monitor), monitor, model=model, max_epochs=2)
+            t, _ = fit_net(tmp_path / str(with_monitor), monitor, model=model, max_epochs=2)
         return model.state_dict(), torch.get_rng_state(), monitor
 
     plain, rng_plain, _ = run(False)
@@ -738,7 +563,7 @@ def test_an_exception_in_the_model_during_a_check_propagates_and_leaves_the_mode
     before = StateBeforeCheck()
     monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, layer=layer)
     with pytest.raises(RuntimeError, match=f"model exploded in a check \\({where}\\)"):
-        fit(tmp_path, monitor, model=model, max_epochs=1, limit_train_batches=1, before=[before])
+        fit_net(tmp_path, monitor, model=model, max_epochs=1, limit_train_batches=1, before=[before])
     assert model.steps == 1  # the start check passed; the epoch-end check raised
     assert [m.training for m in model.modules()] == before.modes
     assert [p.requires_grad for p in model.parameters()] == before.flags and before.flags.count(False) == 1
@@ -762,7 +587,7 @@ def test_an_exception_in_the_start_check_propagates_and_leaves_the_model_alone(t
     before = StateAtStart()
     monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, layer="net.0")
     with pytest.raises(RuntimeError, match="boom in eval"):
-        fit(tmp_path, monitor, model=model, max_epochs=1, before=[before])
+        fit_net(tmp_path, monitor, model=model, max_epochs=1, before=[before])
     assert model.steps == 0 and before.modes.count(True) == len(before.modes)  # the model was training
     assert [m.training for m in model.modules()] == before.modes
     assert [p.requires_grad for p in model.parameters()] == before.flags
@@ -792,7 +617,7 @@ def test_a_full_disk_gives_one_warning_and_training_goes_on(tmp_path, monkeypatc
     monitor = IntegratedGradientsMonitor(probe=4, n_steps=4)
     logger = TensorBoardLogger(tmp_path, name="tb")
     with caught_warnings() as caught:
-        t, _ = fit(tmp_path, monitor, max_epochs=3, logger=logger)
+        t, _ = fit_net(tmp_path, monitor, max_epochs=3, logger=logger)
     failures = write_failures(caught)
     assert len(failures) == 1 and f"could not write {what} (OSError" in failures[0] and "No space left" in failures[0]
     assert t.current_epoch == 3 and monitor.checks == 3 and "ig/completeness_error" in t.callback_metrics
@@ -805,7 +630,7 @@ def test_a_logger_error_gives_one_warning_and_training_goes_on(tmp_path, monkeyp
     monkeypatch.setattr(SummaryWriter, "add_histogram", broken)
     monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, on_breach="raise")
     with caught_warnings() as caught:
-        t, _ = fit(tmp_path, monitor, max_epochs=2, logger=TensorBoardLogger(tmp_path, name="tb"))
+        t, _ = fit_net(tmp_path, monitor, max_epochs=2, logger=TensorBoardLogger(tmp_path, name="tb"))
     failures = write_failures(caught)
     assert len(failures) == 1 and "RuntimeError: the logger broke" in failures[0] and t.current_epoch == 2
 
@@ -822,7 +647,7 @@ def test_a_removed_log_directory_never_ends_the_run(tmp_path):
     monitor = IntegratedGradientsMonitor(probe=4, n_steps=4)
     logger = TensorBoardLogger(tmp_path, name="tb")
     with caught_warnings() as caught:
-        t, _ = fit(tmp_path, monitor, max_epochs=3, logger=logger, callbacks=[RemoveLogDir()])
+        t, _ = fit_net(tmp_path, monitor, max_epochs=3, logger=logger, callbacks=[RemoveLogDir()])
     assert t.current_epoch == 3 and monitor.checks == 3 and not write_failures(caught)
     # made again: the rules of the two later checks are written
     assert len(open(os.path.join(logger.log_dir, "ig_rules.jsonl")).read().splitlines()) == 2
@@ -833,7 +658,7 @@ def test_a_directory_where_the_rules_file_should_be_gives_one_warning(tmp_path):
     logger = TensorBoardLogger(tmp_path, name="tb")
     os.makedirs(os.path.join(logger.log_dir, "ig_rules.jsonl"))
     with caught_warnings() as caught:
-        t, _ = fit(tmp_path, monitor, max_epochs=2, logger=logger)
+        t, _ = fit_net(tmp_path, monitor, max_epochs=2, logger=logger)
     failures = write_failures(caught)
     assert len(failures) == 1 and "could not write the rules file (IsADirectoryError" in failures[0]
     assert t.current_epoch == 2 and "ig/attribution_maps" in EventAccumulator(
@@ -843,7 +668,7 @@ def test_a_directory_where_the_rules_file_should_be_gives_one_warning(tmp_path):
 def test_one_check_logs_scalars_pictures_histograms_and_rules_at_one_step(tmp_path):
     monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, class_names=["a", "b", "c", "d"])
     logger = TensorBoardLogger(tmp_path, name="tb")
-    fit(tmp_path, monitor, max_epochs=3, logger=logger)
+    fit_net(tmp_path, monitor, max_epochs=3, logger=logger)
     acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "histograms": 0, "tensors": 0,
                                                           "scalars": 0}).Reload()
     scalars = [e.step for e in acc.Scalars("ig/completeness_error")]

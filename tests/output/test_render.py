@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from ig_lightning.output.charts import bar_chart, token_strip
 from ig_lightning.output.render import (
-    bar_chart,
     colorize_signed,
     diverging_lut,
     image_grid,
-    token_strip,
 )
 from ig_lightning.output.markdown import token_table
 

@@ -9,7 +9,7 @@ from conftest import TinyCNN, TokenModel, free_port, loaders, make_data, token_l
 
 from ig_lightning import IntegratedGradientsMonitor
 
-WORKER = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
+WORKER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ddp_worker.py")
 
 
 

@@ -16,7 +16,7 @@ from examples import digits, tabular, text
 from examples.cli import main
 from ig_lightning import IntegratedGradientsMonitor
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "callbacks"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "callbacks"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 MONITOR = "ig_lightning.IntegratedGradientsMonitor"
 CLASS_NAMES = {"image": digits.CLASS_NAMES, "text": text.CLASS_NAMES, "tabular": tabular.CLASS_NAMES}

@@ -9,7 +9,6 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ig_lightning import IntegratedGradientsMonitor, integrated_gradients
-from ig_lightning.monitor.probe import ModelInputs, default_unpack
 
 
 class TwoInputs(LightningModule):
@@ -137,25 +136,3 @@ def test_a_dict_probe_given_explicitly_splits_labels_off():
              "labels": torch.tensor([0, 1, 2])}
     monitor = IntegratedGradientsMonitor(probe=batch, layer="embedding")
     assert monitor.probe.inputs.names == ["input_ids", "attention_mask"] and monitor.probe.labels.tolist() == [0, 1, 2]
-
-
-@pytest.mark.parametrize("batch, names", [
-    (torch.zeros(2, 3), [0]),
-    ((torch.zeros(2, 3), torch.tensor([0, 1])), [0]),
-    ({"x": torch.zeros(2, 3), "y": torch.tensor([0, 1])}, [0]),
-    ({"input_ids": torch.zeros(2, 3, dtype=torch.long), "token_type_ids": torch.zeros(2, 3, dtype=torch.long),
-      "pixel_values": torch.zeros(2, 3), "labels": torch.tensor([0, 1]), "text": ["a", "b"]},
-     ["input_ids", "token_type_ids", "pixel_values"]),
-])
-def test_default_unpack_understands_plain_and_hugging_face_batches(batch, names):
-    inputs, labels = default_unpack(batch)
-    assert isinstance(inputs, ModelInputs) and inputs.names == names
-
-
-def test_unpack_errors_name_what_they_got():
-    with pytest.raises(TypeError, match=r"keys \['a', 'b'\].*unpack="):
-        default_unpack({"a": 1, "b": torch.zeros(2)})
-    with pytest.raises(TypeError, match="non-tensors at keys"):
-        ModelInputs.of({"input_ids": torch.zeros(2), "text": "x"})
-    with pytest.raises(ValueError, match="same batch size"):
-        ModelInputs.of((torch.zeros(2, 3), torch.zeros(3, 3)))

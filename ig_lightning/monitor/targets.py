@@ -1,0 +1,54 @@
+"""Which output each probe example explains: the label, the prediction, a fixed class, or a user's choice.
+
+Example::
+
+    >>> import torch
+    >>> outputs = torch.tensor([[0.1, 2.0], [3.0, 0.5]])
+    >>> resolve_targets("auto", outputs, torch.tensor([1, 1])).tolist(), resolve_targets("prediction", outputs, None).tolist()
+    ([1, 1], [1, 0])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ig_lightning._validation import validate_target
+
+
+def resolve_targets(target: Any, outputs: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
+    """The output explained per probe example, from the model's outputs on the probe ``(B,)``/``(B, C)``.
+
+    ``None`` when the model has one output per example. Raises naming ``target`` when it cannot be used.
+    """
+    n = outputs.shape[0]
+    if outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] == 1):
+        return None  # one output per example: nothing to choose
+    if outputs.ndim != 2:
+        raise ValueError(f"the model's outputs must be (B,) or (B, C) to be explained, got {tuple(outputs.shape)}: "
+                         "select one score per class with `output_transform`")
+    n_classes = outputs.shape[1]
+    if target == "auto":
+        target = "label" if labels is not None and not labels.dtype.is_floating_point and labels.ndim == 1 \
+            else "prediction"
+    if target == "label":
+        if labels is None or labels.dtype.is_floating_point or labels.shape != (n,):
+            raise ValueError(
+                "`target`='label' needs integer class labels of shape (B,) in the probe; got "
+                f"{None if labels is None else (labels.dtype, tuple(labels.shape))}: use target='prediction' "
+                "or pass `unpack=`"
+            )
+        chosen = labels.long()
+    elif target == "prediction":
+        chosen = outputs.argmax(-1)
+    elif callable(target):
+        chosen = validate_target(target(outputs, labels), n)
+    else:
+        chosen = validate_target(target, n)
+    bad = (chosen < 0) | (chosen >= n_classes)
+    if bool(bad.any()):
+        source = "labels" if target == "label" else "`target`"
+        raise ValueError(f"{source} must be class indices in [0, {n_classes - 1}] for a model with {n_classes} "
+                         f"outputs, got {chosen[bad].unique()[:5].tolist()}")
+    return chosen

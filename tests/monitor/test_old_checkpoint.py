@@ -1,0 +1,82 @@
+"""A monitor state saved by the release before the restructuring (commit be96c25) loads into today's monitor.
+
+``tests/data/monitor_state_v0.pt`` was written by that release's ``IntegratedGradientsMonitor(probe=6, n_steps=4)``
+after ``trainer(max_epochs=2)`` fitted a seeded ``TinyCNN`` on ``loaders()`` (conftest), with
+``torch.save(monitor.state_dict(), ...)``. Its keys: settings, model, probe ({"args", "kwargs"}), probe_labels,
+targets, first_scores, previous_scores, scales, rules ({class: [[key, score], ...]}), single_output, checks,
+breach_streak.
+"""
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TinyCNN, loaders, make_data, trainer
+
+from ig_lightning import IntegratedGradientsMonitor
+
+PATH = Path(__file__).resolve().parents[1] / "data" / "monitor_state_v0.pt"
+
+
+@pytest.fixture
+def saved():
+    return torch.load(PATH, weights_only=True)
+
+
+def test_the_fixture_is_in_the_previous_format(saved):
+    assert set(saved) == {"settings", "model", "probe", "probe_labels", "targets", "first_scores", "previous_scores",
+                          "scales", "rules", "single_output", "checks", "breach_streak"}
+    assert saved["settings"] == {"probe": 6, "layer": None, "attribute": None, "target": "auto", "baseline": "None",
+                                 "output_transform": None}
+    assert saved["checks"] == 2 and saved["breach_streak"] == 0 and saved["single_output"] is False
+    assert set(saved["probe"]) == {"args", "kwargs"} and saved["probe"]["kwargs"] == {}
+
+
+def test_an_old_state_loads_into_todays_monitor(saved):
+    monitor = IntegratedGradientsMonitor(probe=6, n_steps=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        monitor.load_state_dict(saved)
+    assert [str(w.message) for w in caught if "IntegratedGradientsMonitor" in str(w.message)] == []
+    (x,) = saved["probe"]["args"]
+    assert x.shape == (6, 1, 8, 8)
+    assert torch.equal(monitor.probe.inputs.args[0], x) and monitor.probe.inputs.kwargs == {}
+    torch.testing.assert_close(x, make_data()[:6][0])  # the old release took the first 6 examples
+    assert torch.equal(monitor.probe.labels, saved["probe_labels"]) and monitor.probe.labels.tolist() == [0, 1, 2, 3,
+                                                                                                        0, 1]
+    assert torch.equal(monitor.targets, saved["targets"])
+    assert monitor.references.first.shape == monitor.references.previous.shape == (6, 64)
+    torch.testing.assert_close(monitor.references.first, saved["first_scores"].reshape(6, -1).float())
+    torch.testing.assert_close(monitor.references.previous, saved["previous_scores"].reshape(6, -1).float())
+    assert torch.equal(monitor.color_scales.scales, saved["scales"])
+    assert monitor.rules == {int(c): [(int(k), float(v)) for k, v in r] for c, r in saved["rules"].items()}
+    assert sorted(monitor.rules) == [0, 1, 2, 3]
+    assert monitor.checks == 2
+    assert monitor.policy.streak == 0 and monitor.policy.recent == []
+
+
+def test_an_old_breach_streak_loads(saved):
+    monitor = IntegratedGradientsMonitor(probe=6, n_steps=4, patience=3)
+    monitor.load_state_dict({**saved, "breach_streak": 2})
+    assert monitor.policy.streak == 2 and monitor.policy.recent == [True, True]
+
+
+def test_training_goes_on_from_an_old_state(saved, tmp_path):
+    monitor = IntegratedGradientsMonitor(probe=6, n_steps=4)
+    monitor.load_state_dict(saved)
+    first = monitor.references.first.clone()
+    torch.manual_seed(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(tmp_path, [monitor], max_epochs=1).fit(TinyCNN(), *loaders())
+    said = [str(w.message) for w in caught if "IntegratedGradientsMonitor" in str(w.message)]
+    assert not any("other settings" in m or "another model" in m for m in said), said
+    assert monitor.checks == 3
+    assert torch.equal(monitor.probe.inputs.args[0], saved["probe"]["args"][0])  # the probe was kept, not retaken
+    assert torch.equal(monitor.targets, saved["targets"])
+    torch.testing.assert_close(monitor.references.first, first)  # the first reference is the old run's
+    # The fresh seeded TinyCNN after one epoch is the old run's model at its first check: the same attributions.
+    torch.testing.assert_close(monitor.references.previous, first)
+    assert not torch.equal(monitor.references.previous, saved["previous_scores"].reshape(6, -1).float())
+    assert "ig/drift" in monitor.last_metrics
