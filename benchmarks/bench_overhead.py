@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.bench_overhead [--epochs 10] [--repeats 7]``: the digits CNN of
 ``examples/digits.py`` trained for ``--epochs`` on CPU, with and without
-``IntegratedGradientsMonitor()`` (probe of 16, 32 Gauss-Legendre steps, pictures to TensorBoard),
+``IntegratedGradientsMonitor()`` (probe of 16, ``n_steps="auto"``, the deletion check, pictures to TensorBoard),
 runs interleaved so that both see the same machine load; medians are compared.
 """
 
@@ -26,6 +26,7 @@ VARIANTS: dict[str, dict | None] = {  # name: monitor arguments (None = no monit
     "defaults, log_images=False": {"log_images": False},
     "defaults, every_n_epochs=2": {"every_n_epochs": 2},
     "defaults, n_steps=32 (fixed rule)": {"n_steps": 32},
+    "defaults, deletion_check=False": {"deletion_check": False},
 }
 
 
