@@ -253,10 +253,14 @@ def rule_deletion_drop(
     model uses its one output for every class: the classes only group the examples.
 
     Args:
-        forward, inputs, baselines, delta_floor, batch_size: As in :func:`deletion_drop`.
+        forward: As in :func:`deletion_drop`.
+        inputs: As in :func:`deletion_drop`.
+        baselines: As in :func:`deletion_drop`.
         keys: Integer key per feature, ``inputs``' shape or broadcastable to it: token ids, or feature indices.
         rules: Class -> its rule keys (ints, or ``(key, score)`` pairs as from ``class_top_features``).
         targets: ``(B,)`` long: each example's class.
+        delta_floor: As in :func:`deletion_drop`.
+        batch_size: As in :func:`deletion_drop`.
 
     Returns:
         ``{class: mean drop}`` for the classes of ``rules`` that have examples, in class order.
