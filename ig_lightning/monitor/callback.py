@@ -17,8 +17,7 @@ from typing import Any, Callable, Literal
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from ig_lightning.functional.integrated_gradients import IGResult
@@ -188,10 +187,11 @@ class IntegratedGradientsMonitor(Callback):
         max_images: int = 8,
         log_images: bool = True,
         color_headroom: float = 4.0,
+        name: str | None = None,
     ) -> None:
         arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.config = MonitorConfig(**arguments)
-        self.names = MetricNames()
+        self.names = MetricNames(self.config.prefix)
         # Progress (in the checkpoint).
         self.probe: Probe | None = self.config.given_probe
         self.targets: torch.Tensor | None = None
@@ -213,7 +213,7 @@ class IntegratedGradientsMonitor(Callback):
         self._layer_module: nn.Module | None = None
         self._explainer: Explainer | None = None
         self._reporter: Reporter | None = None
-        self._tensorboard: TensorBoardLogger | None = None
+        self._loggers: list[Any] = []
         self._batch: int | None = None
         self._model_ref: Callable[[], Any] | None = None
         self._kind: str | None = None
@@ -228,8 +228,9 @@ class IntegratedGradientsMonitor(Callback):
     @property
     def state_key(self) -> str:
         c = self.config
-        return self._generate_state_key(method=c.method, n_steps=c.n_steps, layer=c.layer, drift_metric=c.drift_metric,
-                                        target=c.target if isinstance(c.target, (str, int)) else "callable")
+        key = {"method": c.method, "n_steps": c.n_steps, "layer": c.layer, "drift_metric": c.drift_metric,
+               "target": c.target if isinstance(c.target, (str, int)) else "callable"}
+        return self._generate_state_key(**key, **({} if c.name is None else {"name": c.name}))
 
     @property
     def probe_inputs(self) -> torch.Tensor | ModelInputs | None:
@@ -265,10 +266,8 @@ class IntegratedGradientsMonitor(Callback):
                            "references and rules are dropped and taken anew (use one monitor per model)")
             self._reset_progress()
         self._model_fingerprint, self._model_ref = fingerprint, weakref.ref(pl_module)
-        self._tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-        if self._tensorboard is None and self.config.log_images:
-            rank_zero_info("IntegratedGradientsMonitor: no TensorBoardLogger in the trainer, so only scalars are "
-                           "logged (add `logger=TensorBoardLogger(...)` for attribution pictures)")
+        preflight.validate_names_unique(self, [cb for cb in trainer.callbacks if isinstance(cb, type(self))])
+        self._loggers = list(trainer.loggers)
 
     def _reset_progress(self) -> None:
         self.probe, self.targets, self.checks, self._single_output = self.config.given_probe, None, 0, False
@@ -295,7 +294,8 @@ class IntegratedGradientsMonitor(Callback):
             self._explainer = Explainer(self.probe.inputs, config.attribute, self._layer_module, config.layer,
                                         config.output_transform, preflight.resolve_baseline(config, self.probe))
             self._kind = preflight.validate(config, self.probe, self._explainer, pl_module, self._batch)
-        self._reporter = Reporter(self._tensorboard, config.log_images, make_view(self._kind, config))
+        self._reporter = Reporter(self._loggers, config.log_images, make_view(self._kind, config), config.prefix,
+                                  config.rules_file)
 
     # --- when to check -----------------------------------------------------------------------------
 
@@ -349,9 +349,12 @@ class IntegratedGradientsMonitor(Callback):
         self._log_scalars(trainer, pl_module, metrics)
         self.checks += 1
         self.last_result, self.last_metrics = result, metrics
+        predictions = None if self.targets is None else explainer.outputs(pl_module, inputs, self._batch)[0].argmax(-1)
+        labels = self.probe.labels
         record = CheckRecord(logger_step(trainer), trainer.current_epoch, inputs[explainer.names[0]], self.targets,
                              scores, self.color_scales.scales, relative, self.rules, changes,
-                             None if mask is None else mask.reshape(inputs[explainer.names[0]].shape), rule_drops)
+                             None if mask is None else mask.reshape(inputs[explainer.names[0]].shape), rule_drops,
+                             config.prefix, labels if labels is not None and labels.ndim == 1 else None, predictions)
         faults = find_faults(inputs, result.delta, finite, trainer.current_epoch)
         self.policy.limits = {k: v for k, v in alarm_limits(config, self.names, self.targets is not None).items()
                               if v is not None}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
@@ -47,6 +48,8 @@ ON_BREACH = ("warn", "stop", "raise")
 DRIFT_SCOPES = ("probe", "class")
 #: ``baseline=SPECIAL_TOKENS``: the probe's special tokens kept, every other token the pad token.
 SPECIAL_TOKENS = "special_tokens"
+#: What a monitor's ``name`` may hold.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 #: Floor of ``|F(x) - F(baseline)|`` in relative completeness errors.
 DELTA_FLOOR = 1e-3
 
@@ -141,6 +144,7 @@ class MonitorConfig:
     max_images: int = 8
     log_images: bool = True
     color_headroom: float = 4.0
+    name: str | None = None
     #: Filled from ``probe``: its size, and the probe itself when one was given (else ``None``).
     probe_size: int = field(init=False)
     given_probe: Probe | None = field(init=False)
@@ -246,6 +250,19 @@ class MonitorConfig:
         validate_int(self.max_images, "max_images", minimum=1)
         validate_bool(self.log_images, "log_images")
         self._set("color_headroom", validate_positive_float(self.color_headroom, "color_headroom"))
+        if self.name is not None and (not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name)):
+            raise ValueError(f"`name` must be letters, digits, '_', '-' or '.' (it goes into metric keys and file "
+                             f"names), got {self.name!r}")
+
+    @property
+    def prefix(self) -> str:
+        """What every metric key and picture tag starts with: ``ig``, or ``ig/<name>`` for a named monitor."""
+        return "ig" if self.name is None else f"ig/{self.name}"
+
+    @property
+    def rules_file(self) -> str:
+        """The rules file's name: ``ig_rules.jsonl``, or ``ig_rules_<name>.jsonl`` for a named monitor."""
+        return "ig_rules.jsonl" if self.name is None else f"ig_rules_{self.name}.jsonl"
 
     @property
     def argument_names(self) -> list[str]:

@@ -47,6 +47,16 @@ def will_check(trainer: Trainer, pl_module: LightningModule, every_n_epochs: int
     return True
 
 
+def validate_names_unique(monitor: Any, monitors: list[Any]) -> None:
+    """Two monitors of one trainer must differ in ``name``: the same name would mix their metrics (Lightning
+    averages two values logged under one key), pictures, rules files and checkpoint state."""
+    same = [m for m in monitors if m is not monitor and m.config.name == monitor.config.name]
+    if same:
+        raise ValueError(f"{len(same) + 1} IntegratedGradientsMonitor callbacks share `name`={monitor.config.name!r}: "
+                         "their ig/* metrics, pictures, rules files and checkpoint state would collide; give each "
+                         "one a distinct `name` (e.g. name='label_0'), which prefixes its keys as ig/<name>/...")
+
+
 def find_layer(model: nn.Module, name: str | None) -> nn.Module | None:
     """The submodule ``layer`` names (``None`` without a layer), or a ValueError listing some names."""
     if name is None:

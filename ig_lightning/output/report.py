@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from typing import Any, Callable
 
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ig_lightning.output.views import CheckRecord, View, log_common
 
@@ -26,17 +27,25 @@ def logger_step(trainer: Any) -> int:
 
 
 class Reporter:
-    """Writes a :class:`CheckRecord` to TensorBoard and ``ig_rules.jsonl`` (call it on rank zero only).
+    """Writes a :class:`CheckRecord` to TensorBoard and the rules file (call it on rank zero only).
 
     Args:
-        tensorboard: The trainer's ``TensorBoardLogger``, or ``None`` (then nothing is written, not even the
-            rules file).
+        loggers: The trainer's loggers; the first ``TensorBoardLogger`` gets pictures and the rules file.
         log_images: Draw pictures and histograms.
         view: What a check looks like (see :func:`~ig_lightning.output.views.make_view`).
+        prefix: What tags start with (``ig``, or ``ig/<name>``).
+        rules_file: The rules file's name, in the logger's directory.
     """
 
-    def __init__(self, tensorboard: Any, log_images: bool, view: View) -> None:
-        self.tensorboard, self.log_images, self.view = tensorboard, log_images, view
+    def __init__(self, loggers: Sequence[Any], log_images: bool, view: View, prefix: str = "ig",
+                 rules_file: str = "ig_rules.jsonl") -> None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        self.tensorboard = next((lg for lg in loggers if isinstance(lg, TensorBoardLogger)), None)
+        if self.tensorboard is None and log_images:
+            rank_zero_info("IntegratedGradientsMonitor: no TensorBoardLogger in the trainer, so only scalars are "
+                           "logged (add `logger=TensorBoardLogger(...)` for attribution pictures)")
+        self.log_images, self.view, self.prefix, self.rules_file = log_images, view, prefix, rules_file
         self.failed: set[str] = set()
 
     def write(self, record: CheckRecord) -> None:
@@ -61,7 +70,7 @@ class Reporter:
                 "rules": {str(c): v for c, v in record.rules.items()},
                 "changes": {str(c): v for c, v in (record.changes or {}).items()},
                 "rule_drops": {str(c): v if math.isfinite(v) else None for c, v in record.rule_drops.items()}}
-        with open(os.path.join(self.tensorboard.log_dir, "ig_rules.jsonl"), "a") as f:
+        with open(os.path.join(self.tensorboard.log_dir, self.rules_file), "a") as f:
             f.write(json.dumps(line) + "\n")
 
     def _safely(self, what: str, write: Callable[[CheckRecord], None], record: CheckRecord) -> None:

@@ -43,6 +43,9 @@ class CheckRecord:
         changes: Per class, the keys that ``entered``/``left`` the top-k since the previous check.
         mask: Optional bool, same shape as ``inputs``, True for a real token and False for padding;
             :class:`TextView` neither draws nor lists masked-out positions. ``None``: all are real.
+        prefix: What every tag starts with: ``ig``, or ``ig/<name>`` for a named monitor.
+        labels: The probe's labels ``(B,)``, when it has class labels.
+        predictions: The predicted class per example at this check ``(B,)``, for multi-class models.
         rule_drops: Per class, the relative drop of its score when its rule is removed from its examples
             (the deletion check); shown as a column of the rules table.
     """
@@ -58,6 +61,9 @@ class CheckRecord:
     changes: dict[int, dict[str, list[int]]] | None = None
     mask: torch.Tensor | None = None
     rule_drops: dict[int, float] = field(default_factory=dict)
+    prefix: str = "ig"
+    labels: torch.Tensor | None = None
+    predictions: torch.Tensor | None = None
 
 
 class View(Protocol):
@@ -90,8 +96,8 @@ def log_common(writer: Any, record: CheckRecord) -> None:
     Only finite values are logged (TensorBoard's ``add_histogram`` raises on NaN and on an empty
     tensor); a histogram with no finite value at all is skipped for this step.
     """
-    _add_finite_histogram(writer, "ig/histograms/attributions", record.scores, record.step)
-    _add_finite_histogram(writer, "ig/histograms/completeness_error", record.relative_error, record.step)
+    _add_finite_histogram(writer, f"{record.prefix}/histograms/attributions", record.scores, record.step)
+    _add_finite_histogram(writer, f"{record.prefix}/histograms/completeness_error", record.relative_error, record.step)
 
 
 def _add_finite_histogram(writer: Any, tag: str, values: torch.Tensor, step: int) -> None:
@@ -129,7 +135,7 @@ class ImageView:
         n = min(self.max_examples, record.inputs.shape[0])
         grid = render.image_grid(record.inputs[:n], record.scores[:n], record.scales[:n], cmap=self.cmap,
                                  min_size=self.min_size)
-        add_png(writer, "ig/attribution_maps", grid, record.step)
+        add_png(writer, f"{record.prefix}/attribution_maps", grid, record.step)
         if record.targets is None:
             return
         maps = class_mean_maps(record.scores, record.targets)
@@ -139,13 +145,13 @@ class ImageView:
         mean_inputs = torch.stack([_finite_mean(record.inputs[record.targets == c]) for c in classes])
         scales = torch.tensor([_mean_scale(record.scales[record.targets == c]) for c in classes])
         grid = render.image_grid(mean_inputs, mean_maps, scales, cmap=self.cmap, min_size=self.min_size)
-        add_png(writer, "ig/class_mean_maps", grid, record.step)
+        add_png(writer, f"{record.prefix}/class_mean_maps", grid, record.step)
         if record.rules:
             names = name_lookup(self.class_names, str)
-            caption = "Rows of `ig/class_mean_maps`: " + ", ".join(names(c) for c in classes) + "\n\n"
-            table = rules_markdown(record.rules, record.changes, drops=record.rule_drops, key_names=pixel_namer(record.scores.shape[1:]),
-                                   class_names=self.class_names)
-            writer.add_text("ig/rules", caption + table, record.step)
+            caption = f"Rows of `{record.prefix}/class_mean_maps`: " + ", ".join(names(c) for c in classes) + "\n\n"
+            table = rules_markdown(record.rules, record.changes, drops=record.rule_drops,
+                                   key_names=pixel_namer(record.scores.shape[1:]), class_names=self.class_names)
+            writer.add_text(f"{record.prefix}/rules", caption + table, record.step)
 
 
 def _finite_mean(x: torch.Tensor) -> torch.Tensor:
@@ -206,11 +212,13 @@ class TextView:
         tokens = self.tokens(record.inputs[:n], keep)
         scores = _compact(scores, keep)
         strip = charts.token_strip(tokens, scores, record.scales[:n], cmap=self.cmap)
-        add_png(writer, "ig/token_attributions", strip, record.step)
-        writer.add_text("ig/tokens", token_table(tokens, scores, title=f"epoch {record.epoch}"), record.step)
+        add_png(writer, f"{record.prefix}/token_attributions", strip, record.step)
+        table = token_table(tokens, scores, title=f"epoch {record.epoch}")
+        writer.add_text(f"{record.prefix}/tokens", table, record.step)
         if record.rules:
-            table = rules_markdown(record.rules, record.changes, drops=record.rule_drops, key_names=self.token, class_names=self.class_names)
-            writer.add_text("ig/rules", table, record.step)
+            table = rules_markdown(record.rules, record.changes, drops=record.rule_drops, key_names=self.token,
+                                   class_names=self.class_names)
+            writer.add_text(f"{record.prefix}/rules", table, record.step)
 
 
 def _validate_mask(mask: torch.Tensor | None, inputs: torch.Tensor) -> torch.Tensor | None:
@@ -249,15 +257,16 @@ class TabularView:
         for i in range(min(self.max_examples, scores.shape[0])):
             chart = charts.bar_chart(scores[i], names, title=f"example {i}", max_bars=self.max_bars,
                                      scale=_usable_scale(float(record.scales[i])))
-            add_png(writer, f"ig/feature_attributions/example_{i}", chart, record.step)
+            add_png(writer, f"{record.prefix}/feature_attributions/example_{i}", chart, record.step)
         finite = _finite_examples(scores)
         mean = scores[finite].mean(0) if finite.any() else torch.full(scores.shape[1:], math.nan)
         chart = charts.bar_chart(mean, names, title="probe mean", max_bars=self.max_bars,
                                  scale=_usable_scale(_mean_scale(record.scales)))
-        add_png(writer, "ig/feature_attributions/probe_mean", chart, record.step)
+        add_png(writer, f"{record.prefix}/feature_attributions/probe_mean", chart, record.step)
         if record.rules:
-            table = rules_markdown(record.rules, record.changes, drops=record.rule_drops, key_names=names, class_names=self.class_names)
-            writer.add_text("ig/rules", table, record.step)
+            table = rules_markdown(record.rules, record.changes, drops=record.rule_drops, key_names=names,
+                                   class_names=self.class_names)
+            writer.add_text(f"{record.prefix}/rules", table, record.step)
 
 
 def _usable_scale(scale: float) -> float | None:
