@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Mapping
 from typing import Any, Sequence
@@ -70,6 +71,8 @@ def _baseline(value: Any, inputs: torch.Tensor, name: str) -> torch.Tensor:
     if isinstance(value, numbers.Number) and not isinstance(value, bool):
         if not inputs.dtype.is_floating_point and not isinstance(value, numbers.Integral):
             raise TypeError(f"{name} must be an int for integer inputs, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value!r}: every attribution would be NaN")
         return torch.full_like(inputs, value)
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be None, a number or a Tensor, got {type(value).__name__}")
@@ -83,6 +86,8 @@ def _baseline(value: Any, inputs: torch.Tensor, name: str) -> torch.Tensor:
         )
     if inputs.dtype.is_floating_point != value.dtype.is_floating_point:
         raise TypeError(f"{name} dtype {value.dtype} does not match the inputs' dtype {inputs.dtype}")
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name} holds NaN or infinite values: the attributions of those examples would be NaN")
     return value.detach().to(device=inputs.device, dtype=inputs.dtype).expand_as(inputs).clone()
 
 

@@ -58,8 +58,11 @@ class IntegratedGradientsMonitor(Callback):
             Face batch), or an ``(inputs, labels)`` pair.
         target: Which output to explain: ``"auto"`` (the label when the probe has labels, else the
             prediction), ``"label"``, ``"prediction"`` (the predicted class at the first check, then
-            fixed), an int, or a callable ``(outputs, labels) -> LongTensor (B,)`` evaluated at the first
-            check. Ignored for models with one output per example.
+            fixed), an int, a callable ``(outputs, labels) -> LongTensor (B,)`` of class indices evaluated at
+            the first check, or ``"positive_labels"`` for multi-label models with multi-hot labels ``(B, C)``:
+            every (example, positive label) pair becomes a probe row explaining that label (drawn, counted in
+            the rules and checked for completeness per pair). One-hot labels are read through their argmax.
+            Ignored for models with one output per example.
         baseline: ``None`` (zeros; token id 0 with ``layer``), a number, or a Tensor broadcastable to the
             attributed input; with several attributed inputs a tuple or a dict (by input name) of those.
             ``"special_tokens"`` (token ids at a ``layer``, a tokenizer as ``vocabulary``): the probe's special
@@ -290,6 +293,8 @@ class IntegratedGradientsMonitor(Callback):
         config = self.config
         with preserved_rng(pl_module.device):
             self.probe = self.probe or preflight.take_probe_from(trainer, self.config)
+            if config.target == "positive_labels" and not self.probe.pairs:
+                self.probe = self.probe.positive_pairs()  # one row per (example, positive label)
             self._batch = preflight.points_per_forward(trainer, config.internal_batch_size, len(self.probe))
             self._explainer = Explainer(self.probe.inputs, config.attribute, self._layer_module, config.layer,
                                         config.output_transform, preflight.resolve_baseline(config, self.probe))

@@ -42,7 +42,7 @@ from ig_lightning.monitor.probe import PROBE_SELECTIONS, ModelInputs, Name, Prob
 from ig_lightning.output.markdown import Names
 from ig_lightning.output.views import VIEW_KINDS
 
-TARGETS = ("auto", "label", "prediction")
+TARGETS = ("auto", "label", "prediction", "positive_labels")
 REFERENCES = ("previous", "first")
 ON_BREACH = ("warn", "stop", "raise")
 DRIFT_SCOPES = ("probe", "class")
@@ -300,8 +300,12 @@ def validate_vocabulary(value: Any) -> Names:
 
 def validate_baseline(value: Any, name: str = "baseline") -> Any:
     """``None``, a finite number, a Tensor, or (several attributed inputs) a tuple/dict of those."""
-    if isinstance(value, list):  # from a config file
-        value = torch.tensor(value)
+    if isinstance(value, list):  # from a config file: nested lists of numbers
+        try:
+            value = torch.tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"`{name}` as a list must be nested lists of numbers (a Tensor's values), got "
+                            f"{value!r:.80}") from None
     if isinstance(value, Mapping):
         return {k: validate_baseline(v, f"{name}[{k!r}]") for k, v in value.items()}
     if isinstance(value, tuple):

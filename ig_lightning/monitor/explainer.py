@@ -248,14 +248,13 @@ class Explainer:
         return result
 
     def scores(self, result: IGResult, inputs: ModelInputs) -> list[torch.Tensor]:
-        """One score per input feature for each attributed tensor (float32, CPU); at a layer whose output has one
-        more dimension than the input (an embedding), the attribution is summed over that dimension."""
+        """One score per displayed unit for each attributed tensor (float32, CPU), reduced by :func:`layer_scores`
+        at a layer (per token, or a map over the input image)."""
         attributions = result.attributions if isinstance(result.attributions, tuple) else (result.attributions,)
         out = [a.float() for a in attributions]
-        if self.layer is not None and per_token(out[0].shape, inputs[self.names[0]].shape):
-            out[0] = out[0].sum(-1)
+        if self.layer is not None:
+            out[0] = layer_scores(out[0], inputs[self.names[0]].shape)
         return out
-
 
     def pass_on_notes(self) -> None:
         """The engine's warnings (examples that did not converge, degenerate deltas), once per kind and run:
@@ -299,10 +298,15 @@ class Explainer:
         primary = inputs[self.names[0]]
         flat = scores.reshape(len(scores), -1)
         features = math.prod(primary.shape[1:])
-        if flat.shape[1] != features and not (primary.ndim == 4 and flat.shape[1] * primary.shape[1] == features):
+        is_map = scores.ndim == 3 and primary.ndim == 4 and tuple(scores.shape[1:]) != tuple(primary.shape[2:]) \
+            and layer_map((1, 1, *scores.shape[1:]), primary.shape) is not None
+        if flat.shape[1] != features and not (primary.ndim == 4 and flat.shape[1] * primary.shape[1] == features) \
+                and not is_map:
             return {}, {}
         units = None
-        if flat.shape[1] != features:  # (B, C, H, W) input with (B, H, W) scores: a pixel's channels together
+        if is_map:
+            units = _cells(scores.shape[1:], primary.shape[1:])  # a layer map: a cell covers a block of pixels
+        elif flat.shape[1] != features:  # (B, C, H, W) input with (B, H, W) scores: a pixel's channels together
             units = torch.arange(flat.shape[1]).view(1, *primary.shape[2:]).expand(primary.shape[1:])
         elif primary.ndim == 4 and primary.shape[1] > 1:  # RGB: one unit per pixel, scored by its channels' sum
             flat = scores.reshape(*primary.shape).sum(1).reshape(len(scores), -1)
@@ -322,13 +326,21 @@ class Explainer:
                                            eligible=None if mask is None else mask[idx], generator=generator,
                                            delta_floor=DELETION_FLOOR))
                 if rules and targets is not None:
-                    found = rule_deletion_drop(run, attributed[0], base, keys[idx].reshape(primary[idx].shape),
+                    pixel_keys = units.expand(len(idx), *units.shape) if is_map else keys[idx].reshape(primary[idx].shape)
+                    found = rule_deletion_drop(run, attributed[0], base, pixel_keys,
                                                {c: [key for key, _ in r] for c, r in rules.items()}, targets[idx],
                                                delta_floor=DELETION_FLOOR)
                     for c, drop in found.items():  # weighted by the group's examples of the class
                         rule_parts.setdefault(c, []).append((drop, int((targets[idx] == c).sum())))
         summary = _join_deletions(parts).summary()
         return summary, {c: _weighted_mean(v) for c, v in rule_parts.items()}
+
+
+def _cells(grid: Sequence[int], image: Sequence[int]) -> torch.Tensor:
+    """The map cell of every pixel of a ``(C, H, W)`` image, for a ``(h, w)`` map whose cells are blocks."""
+    rows = torch.arange(image[1]) * grid[0] // image[1]
+    cols = torch.arange(image[2]) * grid[1] // image[2]
+    return (rows.view(-1, 1) * grid[1] + cols.view(1, -1)).expand(*image)
 
 
 def _join_deletions(parts: list[DeletionResult]) -> DeletionResult:
@@ -349,6 +361,46 @@ def per_token(layer_shape: Sequence[int], input_shape: Sequence[int]) -> bool:
     if tuple(layer_shape) == tuple(input_shape):
         return False
     return len(layer_shape) == len(input_shape) + 1 or len(layer_shape) == 3
+
+
+def layer_map(layer_shape: Sequence[int], input_shape: Sequence[int]) -> tuple[str, int, int, int] | None:
+    """How a layer's attributions map onto an input image ``(B, C, H, W)``: ``("spatial", h, w, 0)`` for a
+    ``(B, C', h, w)`` output (summed over channels), ``("grid", h, w, skip)`` for a token sequence ``(B, T, D)``
+    whose ``T - skip`` tokens (``skip``: a leading class token, 0 or 1) tile the image in square patches; ``None``
+    when the input is not an image or the layer's output does not map onto it.
+
+    Example::
+
+        >>> layer_map((2, 16, 4, 4), (2, 3, 32, 32)), layer_map((2, 65, 8), (2, 3, 32, 32))
+        (('spatial', 4, 4, 0), ('grid', 8, 8, 1))
+    """
+    if len(input_shape) != 4 or tuple(layer_shape) == tuple(input_shape):
+        return None
+    height, width = input_shape[2], input_shape[3]
+    if len(layer_shape) == 4 and height % layer_shape[2] == 0 and width % layer_shape[3] == 0:
+        return "spatial", int(layer_shape[2]), int(layer_shape[3]), 0
+    if len(layer_shape) == 3:
+        for skip in (0, 1):
+            tokens = layer_shape[1] - skip
+            for rows in range(1, tokens + 1):
+                cols, left = divmod(tokens, rows)
+                if not left and height % rows == 0 and width % cols == 0 and height // rows == width // cols:
+                    return "grid", rows, cols, skip
+    return None
+
+
+def layer_scores(attributions: torch.Tensor, input_shape: Sequence[int]) -> torch.Tensor:
+    """The displayed scores of attributions at a layer: a map ``(B, h, w)`` over an input image (see
+    :func:`layer_map`), per token for an embedding (summed over its hidden units), else the layer's own shape."""
+    mapped = layer_map(attributions.shape, input_shape)
+    if mapped is not None:
+        how, rows, cols, skip = mapped
+        if how == "spatial":
+            return attributions.sum(1)
+        return attributions[:, skip:].sum(-1).reshape(len(attributions), rows, cols)
+    if per_token(attributions.shape, input_shape):
+        return attributions.sum(-1)
+    return attributions
 
 
 def _concatenate(parts: list[IGResult]) -> IGResult:

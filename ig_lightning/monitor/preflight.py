@@ -12,14 +12,14 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from torch import nn
 
 from ig_lightning.functional.baselines import special_token_baseline
 from ig_lightning.monitor.config import DELTA_FLOOR, SPECIAL_TOKENS, MonitorConfig
-from ig_lightning.monitor.explainer import Explainer, per_token
-from ig_lightning.monitor.targets import resolve_targets
+from ig_lightning.monitor.explainer import Explainer, layer_map, layer_scores
+from ig_lightning.monitor.targets import is_multi_hot, is_one_hot, resolve_targets
 from ig_lightning.monitor.probe import LAYER_INPUT_KEYS, Probe, first_val_dataloader, take_probe
 from ig_lightning.output.views import infer_kind
 
@@ -128,6 +128,11 @@ def points_per_forward(trainer: Trainer, override: int | None, probe_size: int) 
     return next((s for s in sizes if s), probe_size)
 
 
+class ProbeMismatchError(ValueError, RuntimeError):
+    """The model fails on the probe before training (its shapes or structure do not fit the model); a
+    ``ValueError`` naming the probe, and a ``RuntimeError`` like the model's own error."""
+
+
 def resolve_baseline(config: MonitorConfig, probe: Probe) -> Any:
     """``config.baseline``; for ``"special_tokens"`` the probe's token ids with their special tokens kept and every
     other token the pad token (one baseline per example)."""
@@ -149,7 +154,17 @@ def validate(config: MonitorConfig, probe: Probe, explainer: Explainer, model: n
         ValueError: a setting that does not fit the model or the data, naming the argument.
     """
     explainer.validate_baseline(probe.inputs)
-    outputs, layer_values = explainer.outputs(model, probe.inputs, batch)
+    try:
+        outputs, layer_values = explainer.outputs(model, probe.inputs, batch)
+    except (RuntimeError, TypeError) as error:
+        shapes = {name: tuple(t.shape) for name, t in probe.inputs.items()}
+        hint = ""
+        if isinstance(error, TypeError) and probe.labels is not None and len(probe.inputs.args) == 1:
+            hint = ("; if the model takes two positional inputs, `probe`=(x1, x2) was read as (inputs, labels): pass "
+                    "probe=((x1, x2), None), or ((x1, x2), labels)")
+        raise ProbeMismatchError(f"the model fails on the `probe` (inputs {shapes}, labels "
+                                 f"{None if probe.labels is None else tuple(probe.labels.shape)}): "
+                                 f"{type(error).__name__}: {error}{hint}") from error
     base_outputs = explainer.validate_path(model, probe.inputs, batch, layer_values)
     kind = validate_outputs(config, probe, explainer, outputs, layer_values)
     warn_about_baseline(config, probe, outputs, base_outputs)
@@ -185,9 +200,17 @@ def validate_outputs(config: MonitorConfig, probe: Probe, explainer: Explainer, 
     primary = probe.inputs[explainer.names[0]]
     shape = tuple(primary.shape[1:])
     if layer_values:
-        out = layer_values[0]
-        shape = tuple(out.shape[1:-1]) if per_token(out.shape, primary.shape) else tuple(out.shape[1:])
+        shape = tuple(layer_scores(torch.zeros(1, *layer_values[0].shape[1:]), primary.shape).shape[1:])
     kind = decide_kind(config.kind, primary, shape, config.layer)
+    if kind == "image" and layer_values and shape != tuple(primary.shape[1:]):
+        how = layer_map(layer_values[0].shape, primary.shape)[0]
+        rank_zero_info(f"IntegratedGradientsMonitor: `layer` {config.layer!r} gives {tuple(layer_values[0].shape[1:])}"
+                       f" per example: drawn as a {shape[0]}x{shape[1]} map ("
+                       + ("summed over channels" if how == "spatial" else "one cell per patch token, the class token "
+                          "left out") + "), upsampled onto the input image; completeness is over the layer")
+    elif kind == "tabular" and config.layer is not None and len(shape) > 1:
+        rank_zero_info(f"IntegratedGradientsMonitor: `layer` {config.layer!r} gives {shape} per example, which maps "
+                       "onto no input image or token sequence: drawn as bars, one per layer unit")
     features = math.prod(shape)
     if kind == "tabular" and config.feature_names is not None and len(config.feature_names) != features:
         raise ValueError(f"`feature_names` has {len(config.feature_names)} names but the inputs have {features} "
@@ -199,7 +222,13 @@ def validate_outputs(config: MonitorConfig, probe: Probe, explainer: Explainer, 
         rank_zero_warn(f"IntegratedGradientsMonitor: drift_metric='topk_jaccard' compares the top_k={config.top_k} "
                        f"features of each example, but the probe has {features}: it is always 0 (lower top_k)")
     labels = probe.labels
-    if config.target == "auto" and labels is not None and (labels.dtype.is_floating_point or labels.ndim != 1):
+    if is_one_hot(labels) and config.target in ("auto", "label"):
+        rank_zero_info("IntegratedGradientsMonitor: the probe's labels are one-hot rows (B, C): their argmax is "
+                       "the explained class")
+    elif is_multi_hot(labels) and config.target == "auto":
+        rank_zero_warn("IntegratedGradientsMonitor: the probe's labels look multi-hot (B, C): target='auto' explains "
+                       "the prediction; pass target='positive_labels' to explain every positive label")
+    elif config.target == "auto" and labels is not None and (labels.dtype.is_floating_point or labels.ndim != 1):
         rank_zero_warn(f"IntegratedGradientsMonitor: the probe's labels ({labels.dtype}, shape "
                        f"{tuple(labels.shape)}) are not class indices, so target='auto' explains the prediction; "
                        "if `probe` is a pair of inputs, pass it as ((a, b), None)")
@@ -255,14 +284,16 @@ def warn_about_baseline(config: MonitorConfig, probe: Probe, outputs: torch.Tens
 
 def decide_kind(kind: str, primary: torch.Tensor, shape: tuple[int, ...], layer: str | None) -> str:
     """The one place the kind of pictures is decided: ``kind``, or guessed from the attributed input and the
-    shape of one example's scores."""
+    shape of one example's scores (a ``(h, w)`` map at a layer over an image input is an image)."""
     fake_scores = torch.zeros(2, *shape)
-    resolved = kind if kind != "auto" else infer_kind(primary, fake_scores, layer)
-    if resolved == "image" and (fake_scores.ndim not in (3, 4) or shape != tuple(primary.shape[1:])):
+    image_map = primary.ndim == 4 and primary.is_floating_point() and len(shape) == 2 and \
+        layer_map((1, 1, *shape), primary.shape) is not None
+    resolved = kind if kind != "auto" else "image" if image_map else infer_kind(primary, fake_scores, layer)
+    if resolved == "image" and not image_map and (fake_scores.ndim not in (3, 4) or shape != tuple(primary.shape[1:])):
         if kind == "image":
             raise ValueError(f"`kind`='image' needs attributions shaped like the input image "
-                             f"{tuple(primary.shape[1:])}, got {shape} (at `layer`={layer!r})")
-        resolved = "tabular"  # e.g. a vision transformer's patches: one bar per patch
+                             f"{tuple(primary.shape[1:])} or a map over it, got {shape} (at `layer`={layer!r})")
+        resolved = "tabular"
     if resolved == "text" and (primary.is_floating_point() or layer is None):
         raise ValueError("`kind`='text' needs integer token ids attributed at an embedding `layer`")
     return resolved

@@ -130,34 +130,61 @@ class Probe:
         indices: The examples' indices in the validation dataset, when taken from a map-style one.
         classes: The classes seen among the validation labels that were read (``"stratified"``), for the
             coverage warning; ``None`` when unknown.
+        pairs: Whether every row is one (example, positive label) pair of a multi-label probe (its label is
+            then that class), see :meth:`positive_pairs`.
     """
 
     inputs: ModelInputs
     labels: torch.Tensor | None = None
     indices: list[int] | None = None
     classes: list[int] | None = None
+    pairs: bool = False
 
     def __len__(self) -> int:
         return len(self.inputs)
 
     def missing_classes(self) -> list[int]:
         """Classes of the validation data that no probe example has (empty when unknown)."""
-        if self.classes is None or self.labels is None:
+        if self.classes is None or self.labels is None or self.labels.ndim != 1:
             return []
         present = set(self.labels.reshape(-1).tolist())
         return [c for c in self.classes if c not in present]
 
+    def positive_pairs(self) -> Probe:
+        """One row per (example, positive label) of multi-hot labels ``(B, C)``: the example's inputs repeated,
+        its label the class; examples without a positive label are left out.
+
+        Raises:
+            ValueError: the labels are not multi-hot rows of 0/1, or no example has a positive label.
+
+        Example::
+
+            >>> probe = Probe(ModelInputs((torch.arange(3.0).view(3, 1),)), torch.tensor([[1, 1], [0, 0], [0, 1]]))
+            >>> pairs = probe.positive_pairs()
+            >>> pairs.inputs.args[0].flatten().tolist(), pairs.labels.tolist(), pairs.indices
+            ([0.0, 0.0, 2.0], [0, 1, 1], [0, 0, 2])
+        """
+        labels = self.labels
+        if labels is None or labels.ndim != 2 or not bool(((labels == 0) | (labels == 1)).all()):
+            got = None if labels is None else (str(labels.dtype), tuple(labels.shape))
+            raise ValueError(f"`target`='positive_labels' needs multi-hot labels (B, C) of 0/1 in the probe, got {got}")
+        rows, classes = labels.bool().nonzero(as_tuple=True)
+        if not len(rows):
+            raise ValueError("`target`='positive_labels': no probe example has a positive label")
+        indices = [self.indices[r] for r in rows.tolist()] if self.indices is not None else rows.tolist()
+        return Probe(self.inputs.map(lambda t: t[rows]), classes.long(), indices, self.classes, pairs=True)
+
     def state(self) -> dict[str, Any]:
         """Plain containers of tensors and ints, loadable with ``torch.load(weights_only=True)``."""
         return {"inputs": self.inputs.state(), "labels": self.labels, "indices": self.indices,
-                "classes": self.classes}
+                "classes": self.classes, "pairs": self.pairs}
 
     @classmethod
     def from_state(cls, state: Any, labels: torch.Tensor | None = None) -> Probe:
         """Read :meth:`state`, or (checkpoints of earlier versions) the inputs' state and separate labels."""
         if isinstance(state, Mapping) and "inputs" in state:
             return cls(ModelInputs.from_state(state["inputs"]), state.get("labels"), state.get("indices"),
-                       state.get("classes"))
+                       state.get("classes"), bool(state.get("pairs", False)))
         return cls(ModelInputs.from_state(state), labels)
 
 
@@ -271,6 +298,9 @@ def _stratified(read: Callable[[Sequence[int]], tuple[ModelInputs, torch.Tensor 
     labels = []
     for start in range(0, scanned, 256):  # labels in chunks: the inputs are read too, and dropped
         _, y = read(range(start, min(start + 256, scanned)))
+        if y is not None and y.ndim == 2 and y.shape[1] > 1 and bool(((y == 0) | (y == 1)).all()) and \
+                bool((y.sum(1) == 1).all()):
+            y = y.argmax(1)  # one-hot rows: their class
         if y is None or y.dtype.is_floating_point or y.dtype == torch.bool or y.ndim != 1:
             return None, None
         labels.append(y.cpu())

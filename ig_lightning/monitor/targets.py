@@ -1,5 +1,8 @@
 """Which output each probe example explains: the label, the prediction, a fixed class, or a user's choice.
 
+One-hot labels ``(B, C)`` are read through their argmax. Multi-hot labels are explained one (example, positive
+label) pair at a time with ``target="positive_labels"`` (:meth:`~ig_lightning.monitor.probe.Probe.positive_pairs`).
+
 Example::
 
     >>> import torch
@@ -29,6 +32,10 @@ def resolve_targets(target: Any, outputs: torch.Tensor, labels: torch.Tensor | N
         raise ValueError(f"the model's outputs must be (B,) or (B, C) to be explained, got {tuple(outputs.shape)}: "
                          "select one score per class with `output_transform`")
     n_classes = outputs.shape[1]
+    if is_one_hot(labels):
+        labels = labels.argmax(1)  # one-hot labels (B, C): their class indices (the monitor says so before training)
+    if target == "positive_labels":
+        target = "label"  # the probe holds one row per (example, positive label): its label is that class
     if target == "auto":
         target = "label" if labels is not None and not labels.dtype.is_floating_point and labels.ndim == 1 \
             else "prediction"
@@ -52,3 +59,24 @@ def resolve_targets(target: Any, outputs: torch.Tensor, labels: torch.Tensor | N
         raise ValueError(f"{source} must be class indices in [0, {n_classes - 1}] for a model with {n_classes} "
                          f"outputs, got {chosen[bad].unique()[:5].tolist()}")
     return chosen
+
+
+def is_one_hot(labels: torch.Tensor | None) -> bool:
+    """Whether ``labels`` are one-hot rows ``(B, C)``: 0/1 values, exactly one 1 per row.
+
+    Example::
+
+        >>> is_one_hot(torch.tensor([[0, 1], [1, 0]])), is_one_hot(torch.tensor([[1, 1], [1, 0]]))
+        (True, False)
+    """
+    if labels is None or labels.ndim != 2 or labels.shape[1] < 2 or labels.dtype == torch.bool:
+        return False
+    binary = bool(((labels == 0) | (labels == 1)).all())
+    return binary and bool((labels.sum(1) == 1).all())
+
+
+def is_multi_hot(labels: torch.Tensor | None) -> bool:
+    """Whether ``labels`` are multi-hot rows ``(B, C)`` of 0/1 (or bool) values, any number of 1s per row."""
+    if labels is None or labels.ndim != 2:
+        return False
+    return bool(((labels == 0) | (labels == 1)).all())

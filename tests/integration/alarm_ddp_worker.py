@@ -9,6 +9,18 @@ from ig_lightning import IntegratedGradientsMonitor
 
 
 def main(mode: str, out: str) -> None:
+    if mode == "multilabel":  # (example, positive label) pairs are sharded like examples
+        from test_model_shapes import MultiLabel, multi_hot_loaders
+
+        from conftest import trainer
+
+        torch.manual_seed(0)
+        monitor = IntegratedGradientsMonitor(probe=6, n_steps=8, target="positive_labels")
+        t = trainer(out, [monitor], strategy="ddp", devices=2, accelerator="cpu")
+        t.validate(MultiLabel(), multi_hot_loaders()[1], verbose=False)
+        torch.save({"attributions": monitor.last_result.attributions, "targets": monitor.targets,
+                    "indices": monitor.probe.indices}, f"{out}/multilabel_rank{t.global_rank}.pt")
+        return
     on_breach = "stop" if mode == "stop" else "warn"
     monitor = IntegratedGradientsMonitor(probe=8, n_steps=8, drift_threshold="auto", on_breach=on_breach)
     t, recorder = fit_with_change(out, monitor, epochs=7, change_at=5, strategy="ddp", devices=2, accelerator="cpu")

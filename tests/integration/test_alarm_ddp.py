@@ -11,14 +11,34 @@ from conftest import free_port
 WORKER = os.path.join(os.path.dirname(__file__), "alarm_ddp_worker.py")
 
 
-def test_every_rank_calibrates_alike_and_stops_at_the_same_check(tmp_path):
+def run_worker(mode, out):
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    proc = subprocess.run([sys.executable, WORKER, "stop", str(tmp_path)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, WORKER, mode, str(out)], capture_output=True, text=True,
                           timeout=300, env=env, cwd=os.path.dirname(WORKER))
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_every_rank_calibrates_alike_and_stops_at_the_same_check(tmp_path):
+    run_worker("stop", tmp_path)
     ranks = [torch.load(tmp_path / f"alarm_rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert ranks[0]["epoch"] == ranks[1]["epoch"] == 6  # stopped after the check of epoch 5, on both ranks
     assert ranks[0]["ratios"] == ranks[1]["ratios"] and ranks[0]["ratios"][-1] > 5
     assert ranks[0]["indices"] == ranks[1]["indices"] and len(ranks[0]["indices"]) == 8
     assert ranks[0]["history"] == ranks[1]["history"]
+
+
+def test_multi_label_pairs_are_sharded_like_examples(tmp_path):
+    from conftest import trainer
+    from test_model_shapes import MultiLabel, multi_hot_loaders
+
+    from ig_lightning import IntegratedGradientsMonitor
+
+    run_worker("multilabel", tmp_path)
+    ranks = [torch.load(tmp_path / f"multilabel_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    torch.manual_seed(0)
+    single = IntegratedGradientsMonitor(probe=6, n_steps=8, target="positive_labels")
+    trainer(tmp_path / "single", [single]).validate(MultiLabel(), multi_hot_loaders()[1], verbose=False)
+    for got in ranks:  # 8 pairs over 2 ranks, gathered in probe order
+        assert got["indices"] == single.probe.indices and torch.equal(got["targets"], single.targets)
+        torch.testing.assert_close(got["attributions"], single.last_result.attributions, rtol=1e-5, atol=1e-7)

@@ -75,14 +75,16 @@ class PatchModel(LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def test_a_patch_layer_is_drawn_per_patch_not_as_a_broken_image(tmp_path):
+def test_a_patch_layer_is_drawn_as_a_map_over_the_image(tmp_path):
     torch.manual_seed(0)
     monitor = IntegratedGradientsMonitor(probe=4, n_steps=8, layer="embed")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer(tmp_path, [monitor], logger=TensorBoardLogger(tmp_path)).fit(PatchModel(), *loaders())
     assert not [w for w in caught if "could not write" in str(w.message)]
-    assert monitor._kind == "tabular" and all(k < 4 for rules in monitor.rules.values() for k, _ in rules)
+    # issue 15: a patch layer's map is drawn over the input (it was one bar per patch); rules are map cells
+    assert monitor._kind == "image" and all(k < 4 for rules in monitor.rules.values() for k, _ in rules)
+    assert tuple(monitor.last_result.attributions.shape[1:]) != (1, 8, 8)  # completeness stays over the layer
 
 
 class Ragged(IterableDataset):
