@@ -25,6 +25,7 @@ from ig_lightning.monitor import preflight
 from ig_lightning.monitor._isolation import eval_mode, preserved_rng
 from ig_lightning.monitor.config import DELTA_FLOOR, MetricNames, MonitorConfig
 from ig_lightning.monitor.explainer import Explainer
+from ig_lightning.monitor.faithfulness import deletion_check
 from ig_lightning.monitor.policy import AttributionDriftError, BreachPolicy, find_faults
 from ig_lightning.monitor.targets import resolve_targets
 from ig_lightning.monitor.measure import alarm_limits, measure
@@ -40,99 +41,76 @@ __all__ = ["AttributionDriftError", "IntegratedGradientsMonitor"]
 class IntegratedGradientsMonitor(Callback):
     r"""Integrated Gradients on a fixed probe batch at every validation epoch, logged and watched.
 
-    Each check attributes the model's output on the probe (taken once and kept fixed), logs the
-    completeness error and the drift of attributions from a reference check as scalars (usable by
-    ``EarlyStopping``/``ModelCheckpoint``: ``ig/drift`` exists from the second check on, so watch it with
-    ``EarlyStopping(..., strict=False)``; ``ig/completeness_error`` exists at every check), draws
-    attribution pictures and per-class rules to TensorBoard, and can warn, stop or fail the run when a
-    threshold is breached. Training itself is untouched: no parameter ``.grad``, buffer, module mode or
-    global random stream is changed.
-
-    Every argument is validated here (:class:`~ig_lightning.monitor.config.MonitorConfig`); what needs the model and the data (the probe's shapes, the layer,
-    targets, baseline, region and names) is validated when ``fit`` starts, before the first training step,
-    by taking the probe and running it through the model once.
+    Each check attributes the model's output on the probe (taken once, kept fixed) and logs scalars through
+    ``pl_module.log`` (completeness, drift from a reference check, the deletion check; ``EarlyStopping`` can
+    watch them, with ``strict=False`` for those absent at the first checks), draws pictures and per-class rules
+    to the loggers, and can warn, stop or fail the run on a breach. Training is untouched: no parameter
+    ``.grad``, buffer, module mode or global random stream changes. Arguments are validated here
+    (:class:`~ig_lightning.monitor.config.MonitorConfig`); what needs the model and the data is validated when
+    ``fit`` starts, before the first training step, by running the probe through the model once.
 
     Args:
-        probe: An int ``N`` (``N`` examples of the first validation dataset, see ``probe_selection``), the model's
-            inputs (a Tensor, a tuple of positional Tensors, or a dict of keyword Tensors such as a Hugging
-            Face batch), or an ``(inputs, labels)`` pair.
-        target: Which output to explain: ``"auto"`` (the label when the probe has labels, else the
-            prediction), ``"label"``, ``"prediction"`` (the predicted class at the first check, then
-            fixed), an int, a callable ``(outputs, labels) -> LongTensor (B,)`` of class indices evaluated at
-            the first check, or ``"positive_labels"`` for multi-label models with multi-hot labels ``(B, C)``:
-            every (example, positive label) pair becomes a probe row explaining that label (drawn, counted in
-            the rules and checked for completeness per pair). One-hot labels are read through their argmax.
-            Ignored for models with one output per example.
-        baseline: ``None`` (zeros; token id 0 with ``layer``), a number, or a Tensor broadcastable to the
-            attributed input; with several attributed inputs a tuple or a dict (by input name) of those.
-            ``"special_tokens"`` (token ids at a ``layer``, a tokenizer as ``vocabulary``): the probe's special
-            tokens (``[CLS]``, ``[SEP]``, ``<s>``, ``</s>``) kept, every other token the pad token.
-        n_steps: ``"auto"`` (refine each example until the estimated relative L2 error of its attributions,
-            and its completeness error, are within ``tolerance``; the estimate is logged as
-            ``ig/attribution_error``), or a fixed number of quadrature points.
-        method: The quadrature rule of a fixed ``n_steps`` (captum's names; see
-            :func:`ig_lightning.integrated_gradients`).
-        internal_batch_size: Most path points per forward/backward. ``None``: the training batch size (the
-            validation batch size under ``trainer.validate``), so a check needs no more memory than a
-            training step.
+        probe: An int ``N`` (examples of the first validation dataset, see ``probe_selection``), the model's
+            inputs (a Tensor, a tuple of positional Tensors, a dict of keyword Tensors such as a Hugging Face
+            batch), or an ``(inputs, labels)`` pair (two positional inputs: ``((x1, x2), labels or None)``).
+        target: ``"auto"`` (the label if the probe has class labels, else the prediction), ``"label"``,
+            ``"prediction"`` (at the first check, then fixed), an int, a callable ``(outputs, labels) ->
+            LongTensor (B,)`` of class indices (called at the first check), or ``"positive_labels"``: with
+            multi-hot labels ``(B, C)``, one probe row per (example, positive label), explaining that label.
+            One-hot labels are read through their argmax. Ignored with one output per example.
+        baseline: ``None`` (zeros; token id 0 with ``layer``), a number, a Tensor broadcastable to the attributed
+            input (a tuple/dict of those for several), or ``"special_tokens"`` (token ids at a ``layer``, a
+            tokenizer as ``vocabulary``): the probe's special tokens kept, every other token the pad token.
+        n_steps: ``"auto"`` (refine each example until its estimated relative L2 error, logged as
+            ``ig/attribution_error``, and its completeness error are within ``tolerance``) or a fixed number.
+        method: The quadrature rule of a fixed ``n_steps`` (captum's names).
+        internal_batch_size: Most path points per forward/backward; ``None``: the training batch size (the
+            validation one under ``trainer.validate``), so a check needs no more memory than a training step.
         tolerance: The accuracy target of ``n_steps="auto"``.
         max_steps: The most points per example with ``n_steps="auto"``.
-        layer: Name of a submodule (as in ``named_modules()``, e.g. ``"embedding"`` or
-            ``"model.bert.embeddings.word_embeddings"``) to attribute at its output.
-        attribute: Which of the model's inputs to attribute: an input name (a key of a dict batch), a
-            position, or a list of them. ``None``: every floating-point input, or with ``layer`` the input
-            the baseline replaces (``input_ids``/``pixel_values`` in a dict batch, else the first). The others
-            (masks, type ids) are passed unchanged at every path point.
-        output_transform: Explain ``"softmax"``, ``"log_softmax"`` or ``"sigmoid"`` of the outputs, or a
-            callable's result (it receives the model's raw output, e.g. a ``ModelOutput``).
-        unpack: A callable mapping a batch to ``(inputs, labels or None)``, ``inputs`` being a Tensor, a
-            tuple (positional) or a dict (keyword) of Tensors; the default understands ``x``, ``(x, y)``,
-            Hugging Face dict batches and dicts with ``"x"``/``"y"``-like keys.
+        layer: A submodule's name (``named_modules()``, e.g. ``"model.bert.embeddings.word_embeddings"``) to
+            attribute at its output; a convolution's or patch embedding's output is drawn as a map over the image.
+        attribute: The input(s) to attribute (names of a dict batch, or positions). ``None``: every floating
+            input, or with ``layer`` ``input_ids``/``pixel_values`` (else the first); the rest pass unchanged.
+        output_transform: ``"softmax"``, ``"log_softmax"``, ``"sigmoid"``, or a callable of the raw output.
+        unpack: A callable mapping a batch to ``(inputs, labels or None)``; the default understands ``x``,
+            ``(x, y)``, Hugging Face dict batches and dicts with ``"x"``/``"y"``-like keys.
         every_n_epochs: Check every ``n`` epochs.
-        drift_metric: ``"cosine"`` (1 - cosine similarity), ``"spearman"`` (1 - rank correlation) or
-            ``"topk_jaccard"`` (1 - overlap of the ``top_k`` largest ``|attributions|``), averaged over the probe.
+        drift_metric: ``"cosine"``, ``"spearman"`` (rank) or ``"topk_jaccard"``, each as a distance.
         drift_reference: Compare with the ``"previous"`` check or the ``"first"`` one.
-        drift_threshold: ``"auto"``: breach when a check's drift is more than ``drift_factor`` times the median
-            drift of the previous ``drift_window`` checks (``ig/drift_ratio``, calibrated on the run itself;
-            it needs 3 earlier drift values first). A number: breach when the drift exceeds it. ``None``: never.
-        drift_factor: With ``drift_threshold="auto"``: how many times its usual drift a check must move to breach.
-        drift_window: With ``drift_threshold="auto"``: how many previous checks the median spans.
-        drift_scope: What the drift alarm watches: ``"class"``, the drift of the class that moved most
-            (``ig/drift_class_max``; a change confined to a few classes is not diluted by the others) or
-            ``"probe"``, the mean over the probe (``ig/drift``). ``None``: ``"class"`` with ``"auto"``,
-            ``"probe"`` with a fixed threshold.
+        drift_threshold: ``"auto"``: breach when the drift is more than ``drift_factor`` times the median of the
+            previous ``drift_window`` checks' (``ig/drift_ratio``; it needs 3 earlier values). A number: breach
+            above it. ``None``: never.
+        drift_factor: With ``"auto"``: how many times its usual drift a check must move to breach.
+        drift_window: With ``"auto"``: how many previous checks the median spans.
+        drift_scope: ``"class"``: the drift of the class that moved most (``ig/drift_class_max``), or
+            ``"probe"``: the mean (``ig/drift``). ``None``: ``"class"`` with ``"auto"``, else ``"probe"``.
         completeness_threshold: Breach when the worst relative completeness error exceeds it.
-        attribution_error_threshold: Breach when the worst estimated relative L2 error of the attributions
-            (``ig/attribution_error_max``, logged with ``n_steps="auto"``) exceeds it.
-        region: A boolean mask over one example's features (broadcastable to its scores: pixels, or tokens
-            with a layer): logs ``ig/region_mass``, the share of absolute attribution inside it.
+        attribution_error_threshold: Breach when ``ig/attribution_error_max`` exceeds it.
+        region: A bool mask over one example's scores: logs ``ig/region_mass``, the share of ``|attribution|``
+            inside it.
         region_threshold: Breach when ``ig/region_mass`` exceeds it (e.g. a model reading a watermark).
-        warmup: Number of first checks whose breaches are ignored (early churn); NaN/inf always breach.
-        patience: Breaching checks before acting, counted over the last ``patience_window`` checks.
-        patience_window: ``None``: ``patience`` (the breaches must come in a row). Against the
-            ``"previous"`` check a sudden change of reasons is *one* check of high drift: with ``patience > 1``
-            give a window, or use ``patience=1``.
-        on_breach: ``"warn"``, ``"stop"`` (end ``fit`` gracefully) or ``"raise"`` (:class:`AttributionDriftError`).
-        top_k: Features per class in the extracted rules, ``k`` of ``topk_jaccard``, and the units the
-            deletion check removes.
-        deletion_check: At each check, set each example's ``top_k`` most attributed units (features, pixels,
-            tokens) to the baseline and log how much the explained output drops, against ``top_k`` random
-            units (``ig/deletion_drop``, ``ig/deletion_random_drop``, ``ig/deletion_ratio``), and how much
-            removing each class's rule drops its score. Forward passes only.
-        probe_selection: With an int ``probe`` and integer class labels: ``"stratified"`` spreads the ``N``
-            examples over the classes (by dataset index, the same on every rank; a warning names classes the
-            probe still misses), ``"first"`` takes the first ``N``.
-        autocast: Run IG under the trainer's mixed-precision autocast (faster, less exact: the
-            completeness error shows the price). Default: float32.
-        kind: Pictures for ``"image"``, ``"text"`` or ``"tabular"`` inputs; ``"auto"`` guesses from shapes.
-        vocabulary: Token names for text: a list indexed by id, a callable ``id -> str``, or a tokenizer
-            with ``convert_ids_to_tokens``.
+        warmup: First checks whose threshold breaches are ignored; NaN/inf always breach.
+        patience: Breaching checks before acting, among the last ``patience_window`` checks.
+        patience_window: ``None``: ``patience`` (in a row). Against the ``"previous"`` check a sudden change is
+            one check of high drift: with ``patience > 1`` give a window, or keep ``patience=1``.
+        on_breach: ``"warn"``, ``"stop"`` (end ``fit``) or ``"raise"`` (:class:`AttributionDriftError`).
+        top_k: Features per class in the rules, ``k`` of ``topk_jaccard``, and units the deletion check removes.
+        deletion_check: Set each example's ``top_k`` most attributed units to the baseline, against ``top_k``
+            random ones, and log the output's drop (``ig/deletion_*``); also per class rule. Forward passes only.
+        probe_selection: ``"stratified"``: an int ``probe`` spread over the classes by dataset index (the same on
+            every rank; a warning names missing classes); ``"first"``: the first ``N``.
+        autocast: Run IG under the trainer's mixed-precision autocast (faster, less exact). Default: float32.
+        kind: Pictures for ``"image"``, ``"text"`` or ``"tabular"`` inputs; ``"auto"`` guesses.
+        vocabulary: Token names: a list by id, a callable ``id -> str``, or a tokenizer.
         feature_names: Feature names for tabular inputs.
-        class_names: Names of the classes, for the rules tables.
+        class_names: Class names, for rules, captions and per-class drift.
         max_images: Probe examples drawn per check.
-        log_images: Draw pictures to TensorBoard (scalars are always logged).
-        color_headroom: Each example's colour scale is fixed at the first check, at this many times its
-            largest ``|attribution|`` then (attributions grow as a model learns); larger values saturate.
+        log_images: Draw pictures (scalars are always logged).
+        color_headroom: Each example's colour scale: this many times its largest ``|attribution|`` at the
+            first check (attributions grow as a model learns).
+        name: Several monitors in one trainer need distinct names: keys become ``ig/<name>/...``, the rules file
+            ``ig_rules_<name>.jsonl``.
 
     Raises:
         ValueError: an argument with a bad value (named in the message).
@@ -348,8 +326,8 @@ class IntegratedGradientsMonitor(Callback):
                                            trainer.global_step)
         rule_drops: dict[int, float] = {}
         if config.deletion_check:
-            found, rule_drops = explainer.deletion(pl_module, inputs, scores, self.targets, keys, mask, self.rules,
-                                                   config.top_k, self._batch, seed=self.checks)
+            found, rule_drops = deletion_check(explainer, pl_module, inputs, scores, self.targets, keys, mask,
+                                               self.rules, config.top_k, self._batch, seed=self.checks)
             metrics.update({self.names[k]: v for k, v in found.items()})
         self._log_scalars(trainer, pl_module, metrics)
         self.checks += 1

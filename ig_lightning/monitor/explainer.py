@@ -18,13 +18,9 @@ from torch import nn
 
 from ig_lightning.functional._hooks import tap_layers
 from ig_lightning.functional._inputs import make_baselines, model_output
-from ig_lightning.functional.deletion import DeletionResult, deletion_drop, rule_deletion_drop
 from ig_lightning.functional.integrated_gradients import IGResult, NonFiniteAttributionWarning, integrated_gradients
 from ig_lightning.monitor._isolation import eval_mode
 from ig_lightning.monitor.probe import LAYER_INPUT_KEYS, ModelInputs, Name
-
-#: Floor of ``|F(x) - F(baseline)|`` in the deletion check's relative drops.
-DELETION_FLOOR = 1e-3
 
 OUTPUT_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "softmax": lambda out: out.softmax(-1),
@@ -59,6 +55,20 @@ def on_model(module: nn.Module, t: torch.Tensor) -> torch.Tensor:
     device = params[0].device if params else torch.device("cpu")
     t = t.to(device)
     return t.to(params[0].dtype) if t.is_floating_point() and params else t
+
+
+class ProbeMismatchError(ValueError, RuntimeError):
+    """The model fails on the probe before training (its shapes or structure do not fit the model): a
+    ``ValueError`` naming the probe, and a ``RuntimeError`` like the model's own error."""
+
+    @classmethod
+    def of(cls, error: Exception, inputs: ModelInputs) -> ProbeMismatchError:
+        shapes = {name: tuple(t.shape) for name, t in inputs.items()}
+        hint = ""
+        if isinstance(error, TypeError) and len(inputs.args) == 1:
+            hint = ("; if the model takes two positional inputs, `probe`=(x1, x2) was read as (inputs, labels): pass "
+                    "probe=((x1, x2), None), or ((x1, x2), labels)")
+        return cls(f"the model fails on the `probe` (inputs {shapes}): {type(error).__name__}: {error}{hint}")
 
 
 class Explainer:
@@ -151,9 +161,13 @@ class Explainer:
         except (TypeError, ValueError) as error:
             raise type(error)(str(error).replace("`baselines", "`baseline")) from None
 
-    def outputs(self, model: nn.Module, inputs: ModelInputs, batch: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def outputs(self, model: nn.Module, inputs: ModelInputs, batch: int,
+                name_the_probe: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The explained outputs ``(B,)``/``(B, C)`` on CPU (no gradients, eval mode) and, with a layer, its
-        floating tensors on the first chunk (to check their shapes)."""
+        floating tensors on the first chunk (to check their shapes).
+
+        With ``name_the_probe``, a ``RuntimeError``/``TypeError`` of the model's call becomes a
+        :class:`ProbeMismatchError` that names the probe's shapes (before training)."""
         template = inputs.map(lambda t: on_model(model, t))
         forward = self.forward(model, template)
         attributed, others = self.split(template)
@@ -162,12 +176,17 @@ class Explainer:
         with torch.no_grad(), eval_mode(model):
             for k in range(0, n, batch):
                 chunk = [t[k:k + batch] for t in tensors]
-                if self.layer is not None and k == 0:
-                    with tap_layers([self.layer]) as tap:
-                        out = tap.run(forward, tuple(chunk))
-                    layer_values = tap.batch_first_values(len(chunk[0]))
-                else:
-                    out = forward(*chunk)
+                try:
+                    if self.layer is not None and k == 0:
+                        with tap_layers([self.layer]) as tap:
+                            out = tap.run(forward, tuple(chunk))
+                        layer_values = tap.batch_first_values(len(chunk[0]))
+                    else:
+                        out = forward(*chunk)
+                except (RuntimeError, TypeError) as error:
+                    if not name_the_probe:
+                        raise
+                    raise ProbeMismatchError.of(error, inputs) from error
                 out = model_output(out)
                 if out.ndim not in (1, 2) or out.shape[0] != len(chunk[0]):
                     what = "`output_transform`" if self.transform is not None else "the model"
@@ -286,72 +305,6 @@ class Explainer:
         mask &= ids != base.expand_as(ids)
         return ids.reshape(flat.shape).long(), mask.reshape(flat.shape)
 
-    def deletion(self, model: nn.Module, inputs: ModelInputs, scores: torch.Tensor, targets: torch.Tensor | None,
-                 keys: torch.Tensor, mask: torch.Tensor | None, rules: dict[int, list[tuple[int, float]]], k: int,
-                 batch: int, seed: int) -> tuple[dict[str, float], dict[int, float]]:
-        """Whether the attributions point at what the model uses: the ``k`` top units of each example set to the
-        baseline, against ``k`` random ones (``deletion_*`` scalars), and each class's rule removed from its
-        examples (relative drop of the class's score). Forward passes only, a group of ``batch`` examples at a
-        time; the random units come from a generator seeded with ``seed`` (never the global stream).
-
-        Empty when the scores do not map onto the attributed input (a layer that is not per token)."""
-        primary = inputs[self.names[0]]
-        flat = scores.reshape(len(scores), -1)
-        features = math.prod(primary.shape[1:])
-        is_map = scores.ndim == 3 and primary.ndim == 4 and tuple(scores.shape[1:]) != tuple(primary.shape[2:]) \
-            and layer_map((1, 1, *scores.shape[1:]), primary.shape) is not None
-        if flat.shape[1] != features and not (primary.ndim == 4 and flat.shape[1] * primary.shape[1] == features) \
-                and not is_map:
-            return {}, {}
-        units = None
-        if is_map:
-            units = _cells(scores.shape[1:], primary.shape[1:])  # a layer map: a cell covers a block of pixels
-        elif flat.shape[1] != features:  # (B, C, H, W) input with (B, H, W) scores: a pixel's channels together
-            units = torch.arange(flat.shape[1]).view(1, *primary.shape[2:]).expand(primary.shape[1:])
-        elif primary.ndim == 4 and primary.shape[1] > 1:  # RGB: one unit per pixel, scored by its channels' sum
-            flat = scores.reshape(*primary.shape).sum(1).reshape(len(scores), -1)
-            units = torch.arange(flat.shape[1]).view(1, *primary.shape[2:]).expand(primary.shape[1:])
-        generator = torch.Generator().manual_seed(seed)
-        parts, rule_parts = [], {}
-        for start in range(0, len(inputs), batch):
-            idx = torch.arange(start, min(start + batch, len(inputs)))
-            group = inputs.map(lambda t: on_model(model, t[idx]))
-            attributed, others = self.split(group)
-            forward = self.forward(model, group)
-            run = lambda x: forward(x, *attributed[1:], *others)  # noqa: E731
-            base = make_baselines(self.baselines_for(attributed[0].device, idx), attributed)[0]
-            target = None if targets is None else targets[idx].to(attributed[0].device)
-            with eval_mode(model):
-                parts.append(deletion_drop(run, attributed[0], base, flat[idx], k=k, target=target, units=units,
-                                           eligible=None if mask is None else mask[idx], generator=generator,
-                                           delta_floor=DELETION_FLOOR))
-                if rules and targets is not None:
-                    pixel_keys = units.expand(len(idx), *units.shape) if is_map else keys[idx].reshape(primary[idx].shape)
-                    found = rule_deletion_drop(run, attributed[0], base, pixel_keys,
-                                               {c: [key for key, _ in r] for c, r in rules.items()}, targets[idx],
-                                               delta_floor=DELETION_FLOOR)
-                    for c, drop in found.items():  # weighted by the group's examples of the class
-                        rule_parts.setdefault(c, []).append((drop, int((targets[idx] == c).sum())))
-        summary = _join_deletions(parts).summary()
-        return summary, {c: _weighted_mean(v) for c, v in rule_parts.items()}
-
-
-def _cells(grid: Sequence[int], image: Sequence[int]) -> torch.Tensor:
-    """The map cell of every pixel of a ``(C, H, W)`` image, for a ``(h, w)`` map whose cells are blocks."""
-    rows = torch.arange(image[1]) * grid[0] // image[1]
-    cols = torch.arange(image[2]) * grid[1] // image[2]
-    return (rows.view(-1, 1) * grid[1] + cols.view(1, -1)).expand(*image)
-
-
-def _join_deletions(parts: list[DeletionResult]) -> DeletionResult:
-    fields = ("output", "baseline_output", "deleted", "randomized", "top_units", "random_units")
-    return DeletionResult(*(torch.cat([getattr(p, f) for p in parts]) for f in fields), parts[0].delta_floor)
-
-
-def _weighted_mean(values: list[tuple[float, int]]) -> float:
-    finite = [(v, n) for v, n in values if math.isfinite(v) and n]
-    total = sum(n for _, n in finite)
-    return sum(v * n for v, n in finite) / total if total else math.nan
 
 
 def per_token(layer_shape: Sequence[int], input_shape: Sequence[int]) -> bool:

@@ -128,11 +128,6 @@ def points_per_forward(trainer: Trainer, override: int | None, probe_size: int) 
     return next((s for s in sizes if s), probe_size)
 
 
-class ProbeMismatchError(ValueError, RuntimeError):
-    """The model fails on the probe before training (its shapes or structure do not fit the model); a
-    ``ValueError`` naming the probe, and a ``RuntimeError`` like the model's own error."""
-
-
 def resolve_baseline(config: MonitorConfig, probe: Probe) -> Any:
     """``config.baseline``; for ``"special_tokens"`` the probe's token ids with their special tokens kept and every
     other token the pad token (one baseline per example)."""
@@ -154,17 +149,7 @@ def validate(config: MonitorConfig, probe: Probe, explainer: Explainer, model: n
         ValueError: a setting that does not fit the model or the data, naming the argument.
     """
     explainer.validate_baseline(probe.inputs)
-    try:
-        outputs, layer_values = explainer.outputs(model, probe.inputs, batch)
-    except (RuntimeError, TypeError) as error:
-        shapes = {name: tuple(t.shape) for name, t in probe.inputs.items()}
-        hint = ""
-        if isinstance(error, TypeError) and probe.labels is not None and len(probe.inputs.args) == 1:
-            hint = ("; if the model takes two positional inputs, `probe`=(x1, x2) was read as (inputs, labels): pass "
-                    "probe=((x1, x2), None), or ((x1, x2), labels)")
-        raise ProbeMismatchError(f"the model fails on the `probe` (inputs {shapes}, labels "
-                                 f"{None if probe.labels is None else tuple(probe.labels.shape)}): "
-                                 f"{type(error).__name__}: {error}{hint}") from error
+    outputs, layer_values = explainer.outputs(model, probe.inputs, batch, name_the_probe=True)
     base_outputs = explainer.validate_path(model, probe.inputs, batch, layer_values)
     kind = validate_outputs(config, probe, explainer, outputs, layer_values)
     warn_about_baseline(config, probe, outputs, base_outputs)

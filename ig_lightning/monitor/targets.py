@@ -7,8 +7,10 @@ Example::
 
     >>> import torch
     >>> outputs = torch.tensor([[0.1, 2.0], [3.0, 0.5]])
-    >>> resolve_targets("auto", outputs, torch.tensor([1, 1])).tolist(), resolve_targets("prediction", outputs, None).tolist()
-    ([1, 1], [1, 0])
+    >>> resolve_targets("auto", outputs, torch.tensor([1, 1])).tolist()
+    [1, 1]
+    >>> resolve_targets("prediction", outputs, None).tolist()
+    [1, 0]
 """
 
 from __future__ import annotations

@@ -30,7 +30,10 @@ _CHAR_WIDTH = 0.61 * _FONT_SIZE  # DejaVu Sans Mono advance is ~0.602 em
 _LINE_HEIGHT = 2.0 * _FONT_SIZE
 _MARGIN = 6.0
 _MAX_TOKEN_CHARS = 16
+_CAPTION_FONT_SIZE = 11.0  # 15 px at _STRIP_DPI: capitals about 11 px high
+_CAPTION_CHAR_WIDTH = 0.61 * _CAPTION_FONT_SIZE
 _STRIP_DPI = 100
+_TITLE_FONT_SIZE = 11.0  # bar chart titles: 12 px at 80 dpi, the caption of the example
 
 
 def _figure_to_chw(fig: Figure) -> torch.Tensor:
@@ -67,6 +70,7 @@ def token_strip(
     *,
     cmap: str = "RdBu_r",
     max_tokens: int = 64,
+    captions: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Draw each example as one line of tokens on backgrounds coloured by their scores.
 
@@ -80,6 +84,8 @@ def token_strip(
         scales: N fixed positive scales (any shape with N elements, or one float).
         cmap: Diverging matplotlib colormap name.
         max_tokens: At most this many tokens per line; more are shown as ``…``.
+        captions: One text per example (index, label, prediction, ...), drawn in grey on a line of
+            its own above the example's tokens, at a size legible when TensorBoard shrinks the strip.
 
     Returns:
         uint8 ``(3, H, W)`` image, white background.
@@ -103,12 +109,23 @@ def token_strip(
     max_tokens = validate_int(max_tokens, "max_tokens", minimum=1)
     colours = colorize_signed(s, scale, _cached_lut(_validate_cmap(cmap), 257))  # (N, T, 3)
     lines = _strip_lines(rows, max_tokens)
+    if captions is not None:
+        captions = [str(c).replace("\n", " ") for c in captions]
+        if len(captions) != len(rows):
+            raise ValueError(f"`captions` must hold one text per example ({len(rows)}), got {len(captions)}")
+    per_example = 1 if captions is None else 2  # a caption line above each line of tokens
 
-    width_pt = 2 * _MARGIN + _CHAR_WIDTH * max(sum(len(t) + 1 for t in line) for line in lines)
-    height_pt = 2 * _MARGIN + _LINE_HEIGHT * len(lines)
+    widest = max(sum(len(t) + 1 for t in line) for line in lines)
+    width_pt = 2 * _MARGIN + max(_CHAR_WIDTH * widest,
+                                 max((_CAPTION_CHAR_WIDTH * len(c) for c in captions or []), default=0.0))
+    height_pt = 2 * _MARGIN + _LINE_HEIGHT * len(lines) * per_example
     fig = Figure(figsize=(width_pt / 72.0, height_pt / 72.0), dpi=_STRIP_DPI, facecolor="white")
     for i, line in enumerate(lines):
-        y = (height_pt - _MARGIN - _LINE_HEIGHT * (i + 0.5)) / height_pt
+        if captions is not None:
+            y = (height_pt - _MARGIN - _LINE_HEIGHT * (2 * i + 0.5)) / height_pt
+            fig.text(_MARGIN / width_pt, y, captions[i], va="center", ha="left", family="monospace",
+                     fontsize=_CAPTION_FONT_SIZE, color="0.25", parse_math=False)
+        y = (height_pt - _MARGIN - _LINE_HEIGHT * (per_example * i + per_example - 0.5)) / height_pt
         x = _MARGIN
         for j, token in enumerate(line):
             style = {"color": "dimgray"}
@@ -197,7 +214,7 @@ def bar_chart(
     if limit is not None:
         ax.set_xlim(-limit, limit)
     if title:
-        ax.set_title(title, fontsize=10, parse_math=False)
+        ax.set_title(title, fontsize=_TITLE_FONT_SIZE, parse_math=False)
     fig.tight_layout()
     return _figure_to_chw(fig)
 

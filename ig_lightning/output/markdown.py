@@ -140,6 +140,44 @@ def rules_markdown(
     return "\n".join(header + lines)
 
 
+def rules_rows(
+    rules: dict[int, list[tuple[int, float]]],
+    changes: dict[int, dict[str, list[int]]] | None = None,
+    *,
+    key_names: Callable[[int], str] | Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    precision: int = 3,
+    drops: dict[int, float] | None = None,
+) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
+    """The rules table of :func:`rules_markdown` as plain cells (no escaping), for loggers with tables.
+
+    Columns are always ``class, top features, entered, left, removing it drops`` (``-`` where a check has
+    nothing to say), so every check's table has the same columns.
+
+    Example::
+
+        >>> rules_rows({0: [(7, 1.5)]}, {0: {"entered": [7]}}, key_names=lambda k: f"w{k}", drops={0: 0.25})
+        (('class', 'top features', 'entered', 'left', 'removing it drops'), (('0', 'w7 (+1.500)', 'w7', '-', '25%'),))
+    """
+    if not isinstance(rules, dict):
+        raise TypeError(f"`rules` must be a dict, got {type(rules).__name__}")
+    precision = validate_int(precision, "precision", minimum=0)
+    key_name = name_lookup(key_names, str, "key_names")
+    class_name = name_lookup(class_names, str, "class_names")
+    rows = []
+    for c in sorted(rules):
+        change = (changes or {}).get(c, {})
+        drop = (drops or {}).get(c, math.nan)
+        rows.append((
+            class_name(c),
+            ", ".join(f"{key_name(k)} ({format_score(v, precision)})" for k, v in rules[c]) or "-",
+            ", ".join(key_name(k) for k in change.get("entered", [])) or "-",
+            ", ".join(key_name(k) for k in change.get("left", [])) or "-",
+            f"{100 * drop:.0f}%" if math.isfinite(drop) else "-",
+        ))
+    return ("class", "top features", "entered", "left", "removing it drops"), tuple(rows)
+
+
 def token_table(
     tokens: Sequence[Sequence[str]],
     scores: torch.Tensor,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Sequence
 
 import matplotlib
@@ -35,7 +36,6 @@ import numpy as np
 import torch
 
 from ig_lightning._validation import validate_int
-
 
 NONFINITE_RGB = (128, 128, 128)
 """Mid-grey: the colour of NaN / infinite attributions (and NaN / infinite input pixels)."""
@@ -257,6 +257,7 @@ def image_grid(
     min_size: int = 96,
     pad: int = 2,
     cmap: str = "RdBu_r",
+    captions: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """One row per example: the input, its signed heatmap, and the heatmap over the input.
 
@@ -274,16 +275,19 @@ def image_grid(
 
     Args:
         inputs: ``(N, C, H, W)`` with C in {1, 3}, or ``(N, H, W)``.
-        attributions: Same shape as ``inputs``.
+        attributions: Same shape as ``inputs``, or one map per example ``(N, H, W)`` / ``(N, 1, H, W)``
+            (e.g. a layer's map upsampled with :func:`upsample_map`) for inputs with 3 channels.
         scales: ``N`` positive scales (any shape with N elements, or one float for all).
             Bad ones (0, negative, NaN, inf) fall back as described above.
         min_size: Smallest panel side in pixels after upscaling.
         pad: White pixels between (and around) panels.
         cmap: Diverging matplotlib colormap name.
+        captions: One text per example, drawn above its row (see :func:`text_band`); the picture
+            grows by the bands (and widens when a piece of a caption is wider than the grid).
 
     Returns:
         uint8 ``(3, N * (h + pad) + pad, 3 * (w + pad) + pad)`` where ``h, w`` is the
-        upscaled panel size.
+        upscaled panel size (plus the caption bands, with ``captions``).
 
     Raises:
         TypeError: an argument is not a tensor / int.
@@ -300,10 +304,16 @@ def image_grid(
     a = validate_tensor(attributions, "attributions")
     if a.ndim == 3:
         a = a.unsqueeze(1)
-    if a.shape != x.shape:
+    one_map = a.ndim == 4 and a.shape[1] == 1 and a.shape[0] == x.shape[0] and a.shape[2:] == x.shape[2:]
+    if a.shape != x.shape and not one_map:
         raise ValueError(
-            f"`attributions` must match inputs {tuple(x.shape)}, got {tuple(attributions.shape)}"
+            f"`attributions` must match inputs {tuple(x.shape)} (or be one map (N, H, W)), got "
+            f"{tuple(attributions.shape)}"
         )
+    if captions is not None:
+        captions = [str(c) for c in captions]
+        if len(captions) != x.shape[0]:
+            raise ValueError(f"`captions` must hold one text per example ({x.shape[0]}), got {len(captions)}")
     signed = a.sum(dim=1)  # (N, H, W); NaN/inf if any channel is
     s = _validate_scales(scales, signed).view(-1, 1, 1)
     min_size = validate_int(min_size, "min_size", minimum=1)
@@ -321,7 +331,148 @@ def image_grid(
 
     panels = torch.stack([shown, heat, overlay], dim=1).round().clamp(0, 255).to(torch.uint8)
     factor = max(1, math.ceil(min_size / min(x.shape[2], x.shape[3])))
-    return _tile(_upscale(panels, factor), pad)
+    grid = _tile(_upscale(panels, factor), pad)
+    if captions is None:
+        return grid
+    return _caption_rows(grid, captions, panels.shape[2] * factor, pad)
+
+
+def _caption_rows(grid: torch.Tensor, captions: Sequence[str], height: int, pad: int) -> torch.Tensor:
+    """``grid`` (rows of ``height`` pixels between ``pad`` lines) with each row's caption in a band above it."""
+    bands = [text_band(text, grid.shape[2]) for text in captions]
+    width = max([grid.shape[2]] + [band.shape[2] for band in bands])
+    parts = [torch.full((3, pad, width), 255, dtype=torch.uint8)]
+    for i, band in enumerate(bands):
+        top = pad + i * (height + pad)
+        parts += [band, grid[:, top : top + height + pad]]
+    out = torch.full((3, sum(p.shape[1] for p in parts), width), 255, dtype=torch.uint8)
+    y = 0
+    for part in parts:
+        out[:, y : y + part.shape[1], : part.shape[2]] = part
+        y += part.shape[1]
+    return out
+
+
+# --------------------------------------------------------------------------- layer maps
+
+
+def upsample_map(scores: torch.Tensor, size: Sequence[int], *, mode: str = "bilinear") -> torch.Tensor:
+    """Resize spatial maps ``(N, h, w)`` (or ``(N, 1, h, w)``) to ``(N, H, W)``: a layer's map over its input.
+
+    A conv layer's attribution summed over channels is a map smaller than the image; drawn at the input's size
+    it can be read as an input attribution (same signed colours, same fixed scale: bilinear interpolation never
+    leaves the range of the values it mixes). A non-finite cell stays non-finite (NaN, ``+inf`` or ``-inf``,
+    drawn mid-grey) over the input pixels it covers (nearest-neighbour), and never leaks into its finite
+    neighbours; a constant map stays that constant.
+
+    Args:
+        scores: ``(N, h, w)`` or ``(N, 1, h, w)`` maps.
+        size: ``(H, W)``, the input's spatial size.
+        mode: ``"bilinear"`` (smooth) or ``"nearest"`` (blocks).
+
+    Returns:
+        float ``(N, H, W)``.
+
+    Raises:
+        TypeError: ``scores`` not a tensor.
+        ValueError: ``scores`` of another shape, bad ``size`` or ``mode``.
+
+    Example::
+
+        >>> tuple(upsample_map(torch.ones(2, 4, 4), (8, 8)).shape)
+        (2, 8, 8)
+    """
+    s = validate_tensor(scores, "scores")
+    if s.ndim == 4 and s.shape[1] == 1:
+        s = s[:, 0]
+    if s.ndim != 3 or s.shape[0] == 0 or 0 in s.shape[1:]:
+        raise ValueError(f"`scores` must be shaped (N, h, w) or (N, 1, h, w), got {tuple(scores.shape)}")
+    size = tuple(int(validate_int(v, "size", minimum=1)) for v in size)
+    if len(size) != 2:
+        raise ValueError(f"`size` must be (H, W), got {size}")
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"`mode` must be 'bilinear' or 'nearest', got {mode!r}")
+    if tuple(s.shape[1:]) == size:
+        return s.clone()
+    import torch.nn.functional as F
+
+    raw = s.unsqueeze(1)
+    nearest = F.interpolate(raw, size=size, mode="nearest")[:, 0]
+    if mode == "nearest":
+        return nearest
+    finite = torch.isfinite(raw)
+    smooth = F.interpolate(torch.where(finite, raw, 0.0), size=size, mode="bilinear", align_corners=False)[:, 0]
+    weight = F.interpolate(finite.float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    # Renormalise by the weight of the finite cells mixed in, so a finite pixel never mixes in a diverged cell.
+    smooth = torch.where(weight > 0, smooth / weight.clamp_min(1e-12), nearest)
+    # Rounding may step outside the values mixed (by an ulp): clamp to each map's finite range, which also
+    # keeps a constant map exactly constant.
+    flat, ok = raw.flatten(1), finite.flatten(1)
+    low = torch.where(ok, flat, math.inf).amin(1).view(-1, 1, 1)
+    high = torch.where(ok, flat, -math.inf).amax(1).view(-1, 1, 1)
+    smooth = torch.maximum(torch.minimum(smooth, high), low)
+    return torch.where(torch.isfinite(nearest), smooth, nearest)
+
+
+# --------------------------------------------------------------------------- captions
+
+CAPTION_PX = 15
+"""Pixel size of the caption font: capital letters about 11 pixels high, legible at TensorBoard's default size."""
+
+CAPTION_SEPARATOR = " · "
+
+
+@functools.lru_cache(maxsize=4)
+def _font(size: int):
+    from PIL import ImageFont
+
+    path = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf")
+    try:
+        return ImageFont.truetype(path, size)
+    except OSError:  # no FreeType in this Pillow: its own default font, scaled when it can be
+        try:
+            return ImageFont.load_default(size)
+        except TypeError:
+            return ImageFont.load_default()
+
+
+def _wrap(text: str, width: int, font) -> list[str]:
+    """Lines of ``text`` no wider than ``width`` pixels, broken at ``CAPTION_SEPARATOR`` (then at spaces)."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        current = ""
+        for part in paragraph.split(CAPTION_SEPARATOR):
+            trial = part if not current else current + CAPTION_SEPARATOR + part
+            if not current or font.getlength(trial) <= width:
+                current = trial
+            else:
+                lines.append(current)
+                current = part
+        lines.append(current)
+    return lines
+
+
+def text_band(text: str, width: int, *, size: int = CAPTION_PX, margin: int = 4) -> torch.Tensor:
+    """``text`` in black on a white band ``(3, h, W)``: wrapped at ``·`` to fit ``width`` pixels (``W`` is
+    ``width``, or more when one piece of the text is wider), in DejaVu Sans at ``size`` pixels.
+
+    Example::
+
+        >>> band = text_band("#0 · label 3 · completeness 0.4%", 296)
+        >>> band.dtype, band.shape[0], band.shape[2]
+        (torch.uint8, 3, 296)
+    """
+    from PIL import Image, ImageDraw
+
+    font = _font(int(size))
+    lines = _wrap(str(text), max(1, width - 2 * margin), font)
+    line_height = math.ceil(size * 1.25)
+    widest = max(math.ceil(font.getlength(line)) for line in lines) + 2 * margin
+    canvas = Image.new("RGB", (max(width, widest), line_height * len(lines) + margin), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        draw.text((margin, margin + i * line_height), line, fill=(0, 0, 0), font=font)
+    return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).contiguous()
 
 
 # --------------------------------------------------------------------------- text pictures

@@ -1,4 +1,4 @@
-"""Rank-zero output of a check: pictures, histograms, rules text and the rules file.
+"""Rank-zero output of a check: pictures, histograms, rules text and the rules file, to every logger.
 
 Nothing here may end a run: a failure to write (a read-only or full disk, a removed directory, a
 logger error) is reported once per kind of failure as a warning, and training goes on. Scalars are
@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from ig_lightning.output.views import CheckRecord, View, log_common
+from ig_lightning.output import writers
+from ig_lightning.output.views import CheckRecord, Item, View, common_items
+from ig_lightning.output.writers import Writer
 
 
 def logger_step(trainer: Any) -> int:
@@ -27,57 +29,112 @@ def logger_step(trainer: Any) -> int:
 
 
 class Reporter:
-    """Writes a :class:`CheckRecord` to TensorBoard and the rules file (call it on rank zero only).
+    """Writes a :class:`CheckRecord` to every supported logger and its rules file (call it on rank zero only).
+
+    Each ``TensorBoardLogger``, ``WandbLogger``, ``MLFlowLogger`` and ``CSVLogger`` of the trainer gets its own
+    writer (:mod:`ig_lightning.output.writers`) and the same pictures, texts, histograms and rules. Each is
+    isolated: a failing backend warns once per kind of failure and the others still get the check. Other
+    loggers get the scalars only (said once).
 
     Args:
-        loggers: The trainer's loggers; the first ``TensorBoardLogger`` gets pictures and the rules file.
+        loggers: The trainer's loggers.
         log_images: Draw pictures and histograms.
         view: What a check looks like (see :func:`~ig_lightning.output.views.make_view`).
         prefix: What tags start with (``ig``, or ``ig/<name>``).
-        rules_file: The rules file's name, in the logger's directory.
+        rules_file: The rules file's name, in each writer's directory (an artifact of that name for MLflow).
     """
 
     def __init__(self, loggers: Sequence[Any], log_images: bool, view: View, prefix: str = "ig",
                  rules_file: str = "ig_rules.jsonl") -> None:
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        self.tensorboard = next((lg for lg in loggers if isinstance(lg, TensorBoardLogger)), None)
-        if self.tensorboard is None and log_images:
-            rank_zero_info("IntegratedGradientsMonitor: no TensorBoardLogger in the trainer, so only scalars are "
-                           "logged (add `logger=TensorBoardLogger(...)` for attribution pictures)")
         self.log_images, self.view, self.prefix, self.rules_file = log_images, view, prefix, rules_file
         self.failed: set[str] = set()
+        self.writers: list[Writer] = []
+        for logger in loggers:
+            backend = writers.backend_of(logger)
+            if backend is None:
+                rank_zero_info(f"IntegratedGradientsMonitor: {type(logger).__name__} gets the scalars only "
+                               "(pictures and rules go to TensorBoard, W&B, MLflow and CSV loggers)")
+                continue
+            try:
+                writer = writers.make_writer(logger, rules_file)
+            except Exception as error:  # noqa: BLE001  e.g. wandb or mlflow not importable
+                self._warn(f"{backend} pictures", error)
+                continue
+            if writer is not None:
+                self.writers.append(writer)
+        if not self.writers and log_images:
+            rank_zero_info("IntegratedGradientsMonitor: no TensorBoard, W&B, MLflow or CSV logger in the trainer, so "
+                           "only scalars are logged (add `logger=TensorBoardLogger(...)` for attribution pictures)")
+
+    @property
+    def tensorboard(self) -> Any:
+        """The first ``TensorBoardLogger``, or ``None``."""
+        return next((w.logger for w in self.writers if isinstance(w, writers.TensorBoardWriter)), None)
 
     def write(self, record: CheckRecord) -> None:
-        if self.tensorboard is None:
+        if not self.writers:
             return
-        self._safely("the rules file", self._write_rules_file, record)
-        if self.log_images:
-            self._safely("TensorBoard pictures", self._draw, record)
+        line = rules_line(record) if record.rules else None
+        items: list[Item] = []
+        if self.log_images and not self._safely("pictures", lambda: items.extend(self._items(record))):
+            items = []
+        written: set[str] = set()
+        for writer in self.writers:
+            if line is not None:
+                self._safely(self._kind(writer, "rules"), lambda w=writer: self._write_rules(w, line, written))
+            if items:
+                self._write_items(writer, items, record.step)
 
-    def _draw(self, record: CheckRecord) -> None:
-        writer = self.tensorboard.experiment
-        log_common(writer, record)
-        self.view.log(writer, record)
-        writer.flush()
+    def _items(self, record: CheckRecord) -> list[Item]:
+        return common_items(record) + self.view.items(record)
 
-    def _write_rules_file(self, record: CheckRecord) -> None:
-        """Rules as data a program can read back: one JSON line per check in the logger's directory."""
-        if not record.rules:
+    @staticmethod
+    def _kind(writer: Writer, what: str) -> str:
+        if what == "rules":
+            if writer.directory is None:
+                return f"the {writer.name} rules artifact"
+            return "the rules file" if writer.name == "TensorBoard" else f"the {writer.name} rules file"
+        return f"{writer.name} pictures"
+
+    def _write_items(self, writer: Writer, items: list[Item], step: int) -> None:
+        kind = self._kind(writer, "pictures")
+        for item in items:  # one at a time: a failing histogram does not keep the pictures out
+            self._safely(kind, lambda i=item: writers.write_items(writer, [i], step, flush=False))
+        self._safely(kind, writer.flush)
+
+    def _write_rules(self, writer: Writer, line: dict, written: set[str]) -> None:
+        """Rules as data a program can read back: one JSON line per check in the writer's directory (once per
+        directory: a TensorBoard and a CSV logger may share one), or the backend's own way."""
+        directory = writer.directory
+        if directory is None:
+            writer.rules(line)
             return
-        os.makedirs(self.tensorboard.log_dir, exist_ok=True)
-        line = {"epoch": record.epoch, "step": record.step,
-                "rules": {str(c): v for c, v in record.rules.items()},
-                "changes": {str(c): v for c, v in (record.changes or {}).items()},
-                "rule_drops": {str(c): v if math.isfinite(v) else None for c, v in record.rule_drops.items()}}
-        with open(os.path.join(self.tensorboard.log_dir, self.rules_file), "a") as f:
+        path = os.path.realpath(os.path.join(directory, self.rules_file))
+        if path in written:
+            return
+        written.add(path)
+        os.makedirs(directory, exist_ok=True)
+        with open(path, "a") as f:
             f.write(json.dumps(line) + "\n")
 
-    def _safely(self, what: str, write: Callable[[CheckRecord], None], record: CheckRecord) -> None:
+    def _safely(self, what: str, write: Callable[[], None]) -> bool:
         try:
-            write(record)
+            write()
+            return True
         except Exception as error:  # noqa: BLE001  the monitor's own output must never end a run
-            if what not in self.failed:
-                self.failed.add(what)
-                rank_zero_warn(f"IntegratedGradientsMonitor: could not write {what} ({type(error).__name__}: "
-                               f"{error}); training goes on, further failures of this kind are not reported")
+            self._warn(what, error)
+            return False
+
+    def _warn(self, what: str, error: Exception) -> None:
+        if what not in self.failed:
+            self.failed.add(what)
+            rank_zero_warn(f"IntegratedGradientsMonitor: could not write {what} ({type(error).__name__}: "
+                           f"{error}); training goes on, further failures of this kind are not reported")
+
+
+def rules_line(record: CheckRecord) -> dict:
+    """One check's rules as a JSON-ready dict: the line of the rules file."""
+    return {"epoch": record.epoch, "step": record.step,
+            "rules": {str(c): v for c, v in record.rules.items()},
+            "changes": {str(c): v for c, v in (record.changes or {}).items()},
+            "rule_drops": {str(c): v if math.isfinite(v) else None for c, v in record.rule_drops.items()}}

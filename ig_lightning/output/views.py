@@ -1,7 +1,9 @@
-"""What a check looks like in TensorBoard: one view per kind of input (images, text, tabular).
+"""What a check looks like: one view per kind of input (images, text, tabular).
 
-A view turns a :class:`CheckRecord` (CPU tensors of one check) into images, text and histograms
-through a ``SummaryWriter``. Pixels come from :mod:`ig_lightning.output.render`, rules from
+A view turns a :class:`CheckRecord` (CPU tensors of one check) into items: :class:`Image` (with a caption),
+:class:`Text` (Markdown), :class:`Histogram` and :class:`Table`, which the
+:class:`~ig_lightning.output.report.Reporter` hands to every logger's writer
+(:mod:`ig_lightning.output.writers`). Pixels come from :mod:`ig_lightning.output.render`, rules from
 :mod:`ig_lightning.functional.rules`; the callback decides what to compute, the views only draw it.
 
 Drawing never breaks a run whose model diverged: NaN or infinite scores, scales, inputs and
@@ -13,16 +15,17 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
-from PIL import Image
+from PIL import Image as PILImage
 from tensorboard.compat.proto.summary_pb2 import Summary
 
-from ig_lightning.output import charts, render
 from ig_lightning.functional.rules import class_mean_maps
-from ig_lightning.output.markdown import Names, name_lookup, rules_markdown, token_table
+from ig_lightning.output import charts, render
+from ig_lightning.output.markdown import Names, name_lookup, rules_markdown, rules_rows, token_table
 
 VIEW_KINDS = ("auto", "image", "text", "tabular")
 
@@ -66,10 +69,139 @@ class CheckRecord:
     predictions: torch.Tensor | None = None
 
 
-class View(Protocol):
-    """Draws one check into a ``SummaryWriter``."""
+@dataclass(frozen=True)
+class Image:
+    """A picture: ``pixels`` ``(3, H, W)`` uint8 RGB; ``caption`` says what its rows show (for loggers with
+    captions; the rows also carry it inside the picture)."""
 
-    def log(self, writer: Any, record: CheckRecord) -> None: ...
+    tag: str
+    pixels: torch.Tensor
+    caption: str | None = None
+
+
+@dataclass(frozen=True)
+class Text:
+    """Markdown (TensorBoard's text tab, a ``.md`` file or artifact elsewhere)."""
+
+    tag: str
+    markdown: str
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A distribution: finite values only, never empty."""
+
+    tag: str
+    values: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows of plain-text cells (the rules, for loggers with tables; TensorBoard gets the same as a Text)."""
+
+    tag: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+Item = Image | Text | Histogram | Table
+
+
+class View(Protocol):
+    """What one check looks like, as items for every writer."""
+
+    def items(self, record: CheckRecord) -> list[Item]: ...
+
+
+def log_items(writer: Any, items: Sequence[Item], step: int) -> None:
+    """Write items into a ``SummaryWriter`` (TensorBoard), as the monitor always did; tables are skipped (their
+    Markdown twin is among the items)."""
+    for item in items:
+        if isinstance(item, Image):
+            add_png(writer, item.tag, item.pixels, step)
+        elif isinstance(item, Text):
+            writer.add_text(item.tag, item.markdown, step)
+        elif isinstance(item, Histogram):
+            writer.add_histogram(item.tag, item.values, step)
+
+
+class _LogsToSummaryWriter:
+    """``view.log(writer, record)``: the view's items written into a ``SummaryWriter``."""
+
+    def log(self, writer: Any, record: CheckRecord) -> None:
+        log_items(writer, self.items(record), record.step)  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- captions
+
+
+def _class_namer(class_names: Sequence[str] | None) -> Callable[[Any], str]:
+    lookup = name_lookup(class_names, str)
+
+    def name(value: Any) -> str:
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                return str(value.tolist())
+            value = value.item()
+        if isinstance(value, float) and not value.is_integer():
+            return f"{value:g}"
+        return lookup(int(value))
+
+    return name
+
+
+def format_completeness(value: float) -> str:
+    """``0.4%``-style relative completeness error; ``nan`` when it is not finite.
+
+    Example::
+
+        >>> format_completeness(0.0042), format_completeness(float("nan"))
+        ('0.4%', 'nan')
+    """
+    value = float(value)
+    return f"{100 * value:.1f}%" if math.isfinite(value) else "nan"
+
+
+def example_caption(record: CheckRecord, i: int, class_names: Sequence[str] | None = None) -> str:
+    """What row ``i`` shows: ``#3 label 7 · pred 1 · explains 7 · completeness 0.4%`` (the parts the record has).
+
+    Example::
+
+        >>> r = CheckRecord(0, 0, torch.zeros(4, 2), torch.tensor([0, 1, 1, 0]), torch.zeros(4, 2), torch.ones(4),
+        ...                 torch.tensor([0.1, 0.0042, 0.2, 0.3]), labels=torch.tensor([0, 1, 0, 0]),
+        ...                 predictions=torch.tensor([1, 0, 0, 0]))
+        >>> example_caption(r, 1, ["cat", "dog"])
+        '#1 label dog · pred cat · explains dog · completeness 0.4%'
+    """
+    name = _class_namer(class_names)
+    head = f"#{i}"
+    parts = []
+    if record.labels is not None and i < len(record.labels):
+        head += f" label {name(record.labels[i])}"
+    if record.predictions is not None and i < len(record.predictions):
+        parts.append(f"pred {name(record.predictions[i])}")
+    if record.targets is not None and i < len(record.targets):
+        parts.append(f"explains {name(record.targets[i])}")
+    if i < record.relative_error.numel():
+        parts.append(f"completeness {format_completeness(record.relative_error.reshape(-1)[i])}")
+    return render.CAPTION_SEPARATOR.join([head] + parts)
+
+
+def _wrap_title(text: str, limit: int = 52) -> str:
+    """A chart title on as many lines as it needs, broken at ``·``."""
+    lines, current = [], ""
+    for part in text.split(render.CAPTION_SEPARATOR):
+        trial = part if not current else current + render.CAPTION_SEPARATOR + part
+        if current and len(trial) > limit:
+            lines.append(current)
+            current = part
+        else:
+            current = trial
+    return "\n".join(lines + [current])
+
+
+def _grid_caption(record: CheckRecord, rows: Sequence[str]) -> str:
+    return f"epoch {record.epoch}, step {record.step}\n" + "\n".join(rows)
 
 
 def add_png(writer: Any, tag: str, image: torch.Tensor, step: int) -> None:
@@ -84,27 +216,41 @@ def add_png(writer: Any, tag: str, image: torch.Tensor, step: int) -> None:
         return
     pixels = image.permute(1, 2, 0).contiguous().numpy()
     buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="RGB").save(buffer, format="PNG", compress_level=1)
+    PILImage.fromarray(pixels, mode="RGB").save(buffer, format="PNG", compress_level=1)
     encoded = Summary.Image(height=pixels.shape[0], width=pixels.shape[1], colorspace=3,
                             encoded_image_string=buffer.getvalue())
     file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=encoded)]), step)
 
 
-def log_common(writer: Any, record: CheckRecord) -> None:
+def common_items(record: CheckRecord) -> list[Item]:
     """Histograms every view shares: attributions and per-example completeness error.
 
-    Only finite values are logged (TensorBoard's ``add_histogram`` raises on NaN and on an empty
-    tensor); a histogram with no finite value at all is skipped for this step.
+    Only finite values are kept (TensorBoard's ``add_histogram`` raises on NaN and on an empty
+    tensor); a histogram with no finite value at all is left out of this step.
     """
-    _add_finite_histogram(writer, f"{record.prefix}/histograms/attributions", record.scores, record.step)
-    _add_finite_histogram(writer, f"{record.prefix}/histograms/completeness_error", record.relative_error, record.step)
+    items = [_finite_histogram(f"{record.prefix}/histograms/attributions", record.scores),
+             _finite_histogram(f"{record.prefix}/histograms/completeness_error", record.relative_error)]
+    return [item for item in items if item is not None]
 
 
-def _add_finite_histogram(writer: Any, tag: str, values: torch.Tensor, step: int) -> None:
+def log_common(writer: Any, record: CheckRecord) -> None:
+    """:func:`common_items` written into a ``SummaryWriter``."""
+    log_items(writer, common_items(record), record.step)
+
+
+def _finite_histogram(tag: str, values: torch.Tensor) -> Histogram | None:
     values = values.detach().float().reshape(-1)
     finite = values[torch.isfinite(values)]
-    if finite.numel():
-        writer.add_histogram(tag, finite, step)
+    return Histogram(tag, finite) if finite.numel() else None
+
+
+def _rules_items(record: CheckRecord, key_names: Any, class_names: Sequence[str] | None,
+                 caption: str = "") -> list[Item]:
+    table = rules_markdown(record.rules, record.changes, drops=record.rule_drops, key_names=key_names,
+                           class_names=class_names)
+    columns, rows = rules_rows(record.rules, record.changes, drops=record.rule_drops, key_names=key_names,
+                               class_names=class_names)
+    return [Text(f"{record.prefix}/rules", caption + table), Table(f"{record.prefix}/rules_table", columns, rows)]
 
 
 def _finite_examples(scores: torch.Tensor) -> torch.Tensor:
@@ -118,8 +264,14 @@ def _mean_scale(scales: torch.Tensor) -> float:
     return float(good.mean()) if good.numel() else math.nan
 
 
-class ImageView:
+class ImageView(_LogsToSummaryWriter):
     """Input, signed heatmap and overlay per probe example, and class-mean maps, as grid images.
+
+    Each row is captioned inside the picture (:func:`example_caption`: index, label, prediction, explained
+    class, completeness error; class-mean rows: the class, its number of examples and their mean completeness
+    error), unless the panels are thumbnails under ``caption_min_size`` pixels. A layer's map (scores
+    ``(B, h, w)`` of another size than the input ``(B, C, H, W)``, e.g. a conv layer's attribution summed over
+    channels) is upsampled to the input (:func:`render.upsample_map`) and drawn the same way.
 
     Non-finite attributions and input pixels are drawn mid-grey (see :func:`render.image_grid`).
     Class-mean maps average only the class's examples whose attributions are all finite; a class
@@ -128,30 +280,57 @@ class ImageView:
     """
 
     def __init__(self, class_names: Sequence[str] | None = None, max_examples: int = 8, cmap: str = "RdBu_r",
-                 min_size: int = 64) -> None:
+                 min_size: int = 96, caption_min_size: int = 32) -> None:
         self.class_names, self.max_examples, self.cmap, self.min_size = class_names, max_examples, cmap, min_size
+        self.caption_min_size = caption_min_size
 
-    def log(self, writer: Any, record: CheckRecord) -> None:
+    def _maps(self, inputs: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """``scores`` as drawable over ``inputs``: unchanged when they match, else a layer map upsampled."""
+        if scores.shape == inputs.shape or scores.shape[1:] == inputs.shape[1:]:
+            return scores
+        maps = scores.float()
+        if maps.ndim == 4 and maps.shape[1] != 1:  # (B, C', h, w) at a layer: one map per example
+            maps = maps.sum(1)
+        return render.upsample_map(maps, inputs.shape[-2:])
+
+    def _grid(self, inputs: torch.Tensor, scores: torch.Tensor, scales: torch.Tensor,
+              captions: list[str]) -> torch.Tensor:
+        captioned = self.min_size >= self.caption_min_size
+        return render.image_grid(inputs, self._maps(inputs, scores), scales, cmap=self.cmap, min_size=self.min_size,
+                                 captions=captions if captioned else None)
+
+    def items(self, record: CheckRecord) -> list[Item]:
         n = min(self.max_examples, record.inputs.shape[0])
-        grid = render.image_grid(record.inputs[:n], record.scores[:n], record.scales[:n], cmap=self.cmap,
-                                 min_size=self.min_size)
-        add_png(writer, f"{record.prefix}/attribution_maps", grid, record.step)
+        rows = [example_caption(record, i, self.class_names) for i in range(n)]
+        grid = self._grid(record.inputs[:n], record.scores[:n], record.scales[:n], rows)
+        items: list[Item] = [Image(f"{record.prefix}/attribution_maps", grid, _grid_caption(record, rows))]
         if record.targets is None:
-            return
+            return items
         maps = class_mean_maps(record.scores, record.targets)
         classes = torch.unique(record.targets).tolist()
         diverged = torch.full(record.scores.shape[1:], math.nan)
         mean_maps = torch.stack([maps[c].float() if c in maps else diverged for c in classes])
         mean_inputs = torch.stack([_finite_mean(record.inputs[record.targets == c]) for c in classes])
         scales = torch.tensor([_mean_scale(record.scales[record.targets == c]) for c in classes])
-        grid = render.image_grid(mean_inputs, mean_maps, scales, cmap=self.cmap, min_size=self.min_size)
-        add_png(writer, f"{record.prefix}/class_mean_maps", grid, record.step)
+        names = name_lookup(self.class_names, str)
+        rows = [self._class_caption(record, c, names) for c in classes]
+        grid = self._grid(mean_inputs, mean_maps, scales, rows)
+        items.append(Image(f"{record.prefix}/class_mean_maps", grid, _grid_caption(record, rows)))
         if record.rules:
-            names = name_lookup(self.class_names, str)
             caption = f"Rows of `{record.prefix}/class_mean_maps`: " + ", ".join(names(c) for c in classes) + "\n\n"
-            table = rules_markdown(record.rules, record.changes, drops=record.rule_drops,
-                                   key_names=pixel_namer(record.scores.shape[1:]), class_names=self.class_names)
-            writer.add_text(f"{record.prefix}/rules", caption + table, record.step)
+            items += _rules_items(record, pixel_namer(record.scores.shape[1:]), self.class_names, caption)
+        return items
+
+    @staticmethod
+    def _class_caption(record: CheckRecord, c: int, names: Callable[[int], str]) -> str:
+        members = record.targets == c
+        errors = record.relative_error.reshape(-1)[members] if record.relative_error.numel() == len(members) \
+            else torch.empty(0)
+        finite = errors[torch.isfinite(errors)]
+        parts = [f"class {names(c)}", f"{int(members.sum())} example" + ("s" if int(members.sum()) != 1 else "")]
+        if finite.numel():
+            parts.append(f"completeness {format_completeness(float(finite.mean()))}")
+        return render.CAPTION_SEPARATOR.join(parts)
 
 
 def _finite_mean(x: torch.Tensor) -> torch.Tensor:
@@ -176,7 +355,7 @@ def pixel_namer(shape: Sequence[int]) -> Callable[[int], str]:
     return name
 
 
-class TextView:
+class TextView(_LogsToSummaryWriter):
     """Tokens coloured by attribution (an image and a table) and the tokens that carry each class.
 
     Args:
@@ -204,21 +383,20 @@ class TextView:
         keep = torch.ones_like(flat, dtype=torch.bool) if mask is None else mask.reshape(flat.shape).bool()
         return [[self.token(int(i)) for i in row[k]] for row, k in zip(flat, keep)]
 
-    def log(self, writer: Any, record: CheckRecord) -> None:
+    def items(self, record: CheckRecord) -> list[Item]:
         n = min(self.max_examples, record.inputs.shape[0])
         scores = record.scores[:n].reshape(n, -1)
         mask = _validate_mask(record.mask, record.inputs)
         keep = torch.ones_like(scores, dtype=torch.bool) if mask is None else mask[:n].reshape(n, -1)
         tokens = self.tokens(record.inputs[:n], keep)
         scores = _compact(scores, keep)
-        strip = charts.token_strip(tokens, scores, record.scales[:n], cmap=self.cmap)
-        add_png(writer, f"{record.prefix}/token_attributions", strip, record.step)
-        table = token_table(tokens, scores, title=f"epoch {record.epoch}")
-        writer.add_text(f"{record.prefix}/tokens", table, record.step)
+        rows = [example_caption(record, i, self.class_names) for i in range(n)]
+        strip = charts.token_strip(tokens, scores, record.scales[:n], cmap=self.cmap, captions=rows)
+        items: list[Item] = [Image(f"{record.prefix}/token_attributions", strip, _grid_caption(record, rows)),
+                             Text(f"{record.prefix}/tokens", token_table(tokens, scores, title=f"epoch {record.epoch}"))]
         if record.rules:
-            table = rules_markdown(record.rules, record.changes, drops=record.rule_drops, key_names=self.token,
-                                   class_names=self.class_names)
-            writer.add_text(f"{record.prefix}/rules", table, record.step)
+            items += _rules_items(record, self.token, self.class_names)
+        return items
 
 
 def _validate_mask(mask: torch.Tensor | None, inputs: torch.Tensor) -> torch.Tensor | None:
@@ -238,7 +416,7 @@ def _compact(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class TabularView:
+class TabularView(_LogsToSummaryWriter):
     """Bar charts of feature attributions per example and for the probe, and each class's top features.
 
     Non-finite attributions are drawn as mid-grey bars (see :func:`charts.bar_chart`); an example's
@@ -251,22 +429,27 @@ class TabularView:
         self.feature_names, self.class_names = feature_names, class_names
         self.max_examples, self.max_bars = max_examples, max_bars
 
-    def log(self, writer: Any, record: CheckRecord) -> None:
+    def items(self, record: CheckRecord) -> list[Item]:
         scores = record.scores.reshape(record.scores.shape[0], -1)
         names = list(self.feature_names) if self.feature_names is not None else None
+        items: list[Item] = []
         for i in range(min(self.max_examples, scores.shape[0])):
-            chart = charts.bar_chart(scores[i], names, title=f"example {i}", max_bars=self.max_bars,
+            caption = example_caption(record, i, self.class_names)
+            chart = charts.bar_chart(scores[i], names, title=_wrap_title(caption), max_bars=self.max_bars,
                                      scale=_usable_scale(float(record.scales[i])))
-            add_png(writer, f"{record.prefix}/feature_attributions/example_{i}", chart, record.step)
+            items.append(Image(f"{record.prefix}/feature_attributions/example_{i}", chart, caption))
         finite = _finite_examples(scores)
         mean = scores[finite].mean(0) if finite.any() else torch.full(scores.shape[1:], math.nan)
-        chart = charts.bar_chart(mean, names, title="probe mean", max_bars=self.max_bars,
+        errors = record.relative_error.reshape(-1)
+        errors = errors[torch.isfinite(errors)]
+        title = "probe mean" + (f" · completeness {format_completeness(float(errors.mean()))}" if errors.numel() else "")
+        chart = charts.bar_chart(mean, names, title=title, max_bars=self.max_bars,
                                  scale=_usable_scale(_mean_scale(record.scales)))
-        add_png(writer, f"{record.prefix}/feature_attributions/probe_mean", chart, record.step)
+        items.append(Image(f"{record.prefix}/feature_attributions/probe_mean", chart,
+                           f"probe mean of {int(finite.sum())} examples, epoch {record.epoch}"))
         if record.rules:
-            table = rules_markdown(record.rules, record.changes, drops=record.rule_drops, key_names=names,
-                                   class_names=self.class_names)
-            writer.add_text(f"{record.prefix}/rules", table, record.step)
+            items += _rules_items(record, names, self.class_names)
+        return items
 
 
 def _usable_scale(scale: float) -> float | None:

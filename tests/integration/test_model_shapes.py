@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ig_lightning import IntegratedGradientsMonitor, integrated_gradients
-from ig_lightning.monitor.preflight import ProbeMismatchError
+from ig_lightning.monitor.explainer import ProbeMismatchError
 
 
 class MultiLabel(TinyCNN):
@@ -98,7 +98,7 @@ def test_a_pair_of_inputs_read_as_inputs_and_labels_is_refused_with_the_fix(tmp_
 
 def test_a_probe_of_the_wrong_shape_names_the_probe_and_its_shapes(tmp_path):
     monitor = IntegratedGradientsMonitor(probe=torch.randn(4, 1, 5, 5), n_steps=4)
-    with pytest.raises(ProbeMismatchError, match=r"the model fails on the `probe` \(inputs \{0: \(4, 1, 5, 5\)\}"):
+    with pytest.raises(ProbeMismatchError, match=r"the model fails on the `probe` \(inputs \{0: \(4, 1, 5, 5\)\}\)"):
         trainer(tmp_path, [monitor]).validate(TinyCNN(), loaders()[1], verbose=False)
     assert issubclass(ProbeMismatchError, ValueError)
 

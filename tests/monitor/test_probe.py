@@ -91,7 +91,7 @@ def test_missing_classes():
 def test_probe_state_round_trip():
     probe = take_probe(loader(), 6)
     state = probe.state()
-    assert set(state) == {"inputs", "labels", "indices", "classes"}
+    assert set(state) == {"inputs", "labels", "indices", "classes", "pairs"}
     again = Probe.from_state(state)
     assert torch.equal(again.inputs.args[0], probe.inputs.args[0]) and torch.equal(again.labels, probe.labels)
     assert again.indices == [0, 1, 2, 3, 5, 6] and again.classes == [0, 1, 2]
