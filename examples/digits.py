@@ -65,9 +65,8 @@ class DigitsCNN(Classifier):
 def make_monitor(**overrides: Any) -> IntegratedGradientsMonitor:
     """The monitor as a user would set it for this model; ``overrides`` change any argument."""
     settings: dict[str, Any] = dict(
-        probe=16,  # the first 16 validation digits, fixed for the whole run
-        drift_threshold=0.5,  # warn when attributions turn by more than this (1 - cosine) between epochs
-        warmup=2,  # the first epochs rewire a lot: ignore their drift
+        probe=16,  # 16 validation digits spread over the classes, fixed for the whole run
+        drift_threshold="auto",  # warn when attributions turn far more than this run's own usual drift
         completeness_threshold=0.05,  # the paper's 5%: more points are needed beyond it
         top_k=5,
         class_names=CLASS_NAMES,
@@ -75,11 +74,12 @@ def make_monitor(**overrides: Any) -> IntegratedGradientsMonitor:
     return IntegratedGradientsMonitor(**{**settings, **overrides})
 
 
-def train(max_epochs: int = 10, root: str | Path = RUNS, verbose: bool = True, **trainer_kwargs: Any) -> Run:
-    """Train the CNN with the monitor; logs go to ``root/digits``."""
+def train(max_epochs: int = 10, root: str | Path = RUNS, verbose: bool = True, name: str = "digits",
+          monitor: dict[str, Any] | None = None, **trainer_kwargs: Any) -> Run:
+    """Train the CNN with the monitor (``monitor``: argument overrides); logs go to ``root/<name>``."""
     seed(0)
-    return fit("digits", DigitsCNN(), DigitsDataModule(), make_monitor(), max_epochs=max_epochs, root=root,
-               verbose=verbose, **trainer_kwargs)
+    return fit(name, DigitsCNN(), DigitsDataModule(), make_monitor(**(monitor or {})), max_epochs=max_epochs,
+               root=root, verbose=verbose, **trainer_kwargs)
 
 
 def main(argv: list[str] | None = None) -> Run:

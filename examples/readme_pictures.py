@@ -20,6 +20,7 @@ PICTURES = {  # file name: (example run, TensorBoard image tag)
     "text_token_attributions.png": ("text", "ig/token_attributions"),
     "tabular_probe_mean.png": ("tabular", "ig/feature_attributions/probe_mean"),
     "spurious_attribution_maps.png": ("spurious", "ig/attribution_maps"),
+    "digits_layer_maps.png": ("digits_layer", "ig/attribution_maps"),
 }
 
 
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> None:
             "text": text.train(root=root, verbose=False),
             "tabular": tabular.train(root=root, verbose=False),
             "spurious": spurious.train("cue", root=root, verbose=False),
+            # at the last convolution block's output (32 x 4 x 4): a map over the 8 x 8 digit
+            "digits_layer": digits.train(root=root, verbose=False, name="digits_layer",
+                                         monitor={"layer": "features.4"}),
         }
         for name, (example, tag) in PICTURES.items():
             (out / name).write_bytes(last_image(runs[example].log_dir, tag))
