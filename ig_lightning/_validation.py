@@ -101,3 +101,26 @@ def validate_target(target: Any, batch_size: int) -> torch.Tensor | None:
     if target.shape != (batch_size,):
         raise ValueError(f"`target` must have shape ({batch_size},), got {tuple(target.shape)}")
     return target.detach().to("cpu", torch.long).clone()
+
+
+def validate_tensor(x: object, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
+    return x.detach().cpu().float()
+
+
+def validate_tokens(tokens: object, scores: torch.Tensor) -> list[list[str]]:
+    if isinstance(tokens, str) or not isinstance(tokens, Sequence):
+        raise TypeError(f"`tokens` must be a sequence of token sequences, got {type(tokens).__name__}")
+    rows = [[str(t) for t in row] for row in tokens]
+    if not rows:
+        raise ValueError("`tokens` must hold at least one example, got 0")
+    if scores.ndim != 2 or scores.shape[0] != len(rows):
+        raise ValueError(f"`scores` must be shaped (N={len(rows)}, T), got {tuple(scores.shape)}")
+    longest = max(len(row) for row in rows)
+    if longest > scores.shape[1]:
+        raise ValueError(
+            f"`tokens` has an example of {longest} tokens, more than the {scores.shape[1]} columns"
+            " of `scores`"
+        )
+    return rows

@@ -129,7 +129,8 @@ def integrate_auto(
         An :class:`AutoResult`.
 
     Raises:
-        ValueError: ``max_steps`` is below :data:`~ig_lightning.functional.quadrature.AUTO_MIN_STEPS`, or ``sync`` asks a process without examples to evaluate points (there is nothing to pad with).
+        ValueError: ``max_steps`` is below :data:`~ig_lightning.functional.quadrature.AUTO_MIN_STEPS`, or ``sync``
+            asks a process without examples to evaluate points (there is nothing to pad with).
     """
     if max_steps < AUTO_MIN_STEPS:
         raise ValueError(f"`max_steps` must be >= {AUTO_MIN_STEPS} for n_steps='auto', got {max_steps}")

@@ -138,8 +138,8 @@ def integrated_gradients(
         n_steps: Points of the quadrature rule, or ``"auto"``: refine each example until the estimated relative
             L2 error of its attributions against the exact integral is within ``tolerance`` and they add up to
             ``delta`` within ``tolerance * max(|delta|, delta_floor)``, or ``max_steps`` is reached (see
-            :mod:`ig_lightning.functional.adaptive`: an adaptive trapezoid that bisects where the path bends; the estimate is in
-            ``attribution_error``).
+            :mod:`ig_lightning.functional.adaptive`: an adaptive trapezoid that bisects where the path bends; the
+            estimate is in ``attribution_error``).
         method: ``riemann_left``, ``riemann_right``, ``riemann_middle``, ``riemann_trapezoid`` or
             ``gausslegendre`` (captum's names), for a fixed ``n_steps``; ``"auto"`` uses its own rule.
         internal_batch_size: Most points per forward/backward; ``None`` = all at once.

@@ -14,14 +14,12 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ig_lightning._validation import validate_int
+from ig_lightning._validation import validate_int, validate_tensor, validate_tokens
 from ig_lightning.output.render import (
     _cached_lut,
     _validate_cmap,
     _validate_scales,
     colorize_signed,
-    validate_tensor,
-    validate_tokens,
 )
 
 # Token strip layout, in points (1/72 inch) for a monospace font at _FONT_SIZE.

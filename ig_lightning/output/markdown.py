@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 
 from ig_lightning._validation import validate_int
-from ig_lightning.output.render import validate_tensor, validate_tokens
+from ig_lightning._validation import validate_tensor, validate_tokens
 
 
 class TokenizerLike(Protocol):

@@ -28,26 +28,20 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from collections.abc import Sequence
 
 import matplotlib
 import numpy as np
 import torch
 
-from ig_lightning._validation import validate_int
+from ig_lightning._validation import validate_int, validate_tensor
+from ig_lightning.output.captions import text_band
 
 NONFINITE_RGB = (128, 128, 128)
 """Mid-grey: the colour of NaN / infinite attributions (and NaN / infinite input pixels)."""
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def validate_tensor(x: object, name: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
-    return x.detach().cpu().float()
 
 
 def _validate_cmap(cmap: object) -> str:
@@ -76,23 +70,6 @@ def _validate_scales(scales: object, values: torch.Tensor) -> torch.Tensor:
     fallback = torch.where(largest > 0, largest, torch.ones_like(largest))
     bad = ~torch.isfinite(s) | (s <= 0)
     return torch.where(bad, fallback, s)
-
-
-def validate_tokens(tokens: object, scores: torch.Tensor) -> list[list[str]]:
-    if isinstance(tokens, str) or not isinstance(tokens, Sequence):
-        raise TypeError(f"`tokens` must be a sequence of token sequences, got {type(tokens).__name__}")
-    rows = [[str(t) for t in row] for row in tokens]
-    if not rows:
-        raise ValueError("`tokens` must hold at least one example, got 0")
-    if scores.ndim != 2 or scores.shape[0] != len(rows):
-        raise ValueError(f"`scores` must be shaped (N={len(rows)}, T), got {tuple(scores.shape)}")
-    longest = max(len(row) for row in rows)
-    if longest > scores.shape[1]:
-        raise ValueError(
-            f"`tokens` has an example of {longest} tokens, more than the {scores.shape[1]} columns"
-            " of `scores`"
-        )
-    return rows
 
 
 def _safe_scale(scale: torch.Tensor) -> torch.Tensor:
@@ -415,64 +392,3 @@ def upsample_map(scores: torch.Tensor, size: Sequence[int], *, mode: str = "bili
 
 
 # --------------------------------------------------------------------------- captions
-
-CAPTION_PX = 15
-"""Pixel size of the caption font: capital letters about 11 pixels high, legible at TensorBoard's default size."""
-
-CAPTION_SEPARATOR = " · "
-
-
-@functools.lru_cache(maxsize=4)
-def _font(size: int):
-    from PIL import ImageFont
-
-    path = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf")
-    try:
-        return ImageFont.truetype(path, size)
-    except OSError:  # no FreeType in this Pillow: its own default font, scaled when it can be
-        try:
-            return ImageFont.load_default(size)
-        except TypeError:
-            return ImageFont.load_default()
-
-
-def _wrap(text: str, width: int, font) -> list[str]:
-    """Lines of ``text`` no wider than ``width`` pixels, broken at ``CAPTION_SEPARATOR`` (then at spaces)."""
-    lines: list[str] = []
-    for paragraph in text.split("\n"):
-        current = ""
-        for part in paragraph.split(CAPTION_SEPARATOR):
-            trial = part if not current else current + CAPTION_SEPARATOR + part
-            if not current or font.getlength(trial) <= width:
-                current = trial
-            else:
-                lines.append(current)
-                current = part
-        lines.append(current)
-    return lines
-
-
-def text_band(text: str, width: int, *, size: int = CAPTION_PX, margin: int = 4) -> torch.Tensor:
-    """``text`` in black on a white band ``(3, h, W)``: wrapped at ``·`` to fit ``width`` pixels (``W`` is
-    ``width``, or more when one piece of the text is wider), in DejaVu Sans at ``size`` pixels.
-
-    Example::
-
-        >>> band = text_band("#0 · label 3 · completeness 0.4%", 296)
-        >>> band.dtype, band.shape[0], band.shape[2]
-        (torch.uint8, 3, 296)
-    """
-    from PIL import Image, ImageDraw
-
-    font = _font(int(size))
-    lines = _wrap(str(text), max(1, width - 2 * margin), font)
-    line_height = math.ceil(size * 1.25)
-    widest = max(math.ceil(font.getlength(line)) for line in lines) + 2 * margin
-    canvas = Image.new("RGB", (max(width, widest), line_height * len(lines) + margin), "white")
-    draw = ImageDraw.Draw(canvas)
-    for i, line in enumerate(lines):
-        draw.text((margin, margin + i * line_height), line, fill=(0, 0, 0), font=font)
-    return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).contiguous()
-
-
-# --------------------------------------------------------------------------- text pictures

@@ -13,213 +13,35 @@ left out, as each function's docstring says, never raised on.
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
-from PIL import Image as PILImage
-from tensorboard.compat.proto.summary_pb2 import Summary
 
 from ig_lightning.functional.rules import class_mean_maps
 from ig_lightning.output import charts, render
+from ig_lightning.output.captions import (
+    CAPTION_SEPARATOR,
+    example_caption,
+    format_completeness,
+    grid_caption,
+    wrap_title,
+)
 from ig_lightning.output.markdown import Names, name_lookup, rules_markdown, rules_rows, token_table
+from ig_lightning.output.record import (
+    CheckRecord,
+    Histogram,
+    Image,
+    Item,
+    LogsToSummaryWriter,
+    Table,
+    Text,
+    View,
+    log_items,
+)
 
 VIEW_KINDS = ("auto", "image", "text", "tabular")
-
-
-@dataclass
-class CheckRecord:
-    """Everything a view may draw about one check (CPU tensors).
-
-    Attributes:
-        step: The trainer's global step (the x axis in TensorBoard).
-        epoch: The trainer's epoch.
-        inputs: The probe inputs, ``(B, ...)``.
-        targets: The explained output per example, or ``None`` for single-output models.
-        scores: Attribution per input feature, ``(B, ...)``: per token (summed over the embedding) for text.
-        scales: Fixed per-example colour scale, ``(B,)``.
-        relative_error: ``|completeness error| / |delta|`` per example.
-        rules: Per class, the top ``(key, score)`` features; keys are token ids or flat feature indices.
-        changes: Per class, the keys that ``entered``/``left`` the top-k since the previous check.
-        mask: Optional bool, same shape as ``inputs``, True for a real token and False for padding;
-            :class:`TextView` neither draws nor lists masked-out positions. ``None``: all are real.
-        prefix: What every tag starts with: ``ig``, or ``ig/<name>`` for a named monitor.
-        labels: The probe's labels ``(B,)``, when it has class labels.
-        predictions: The predicted class per example at this check ``(B,)``, for multi-class models.
-        rule_drops: Per class, the relative drop of its score when its rule is removed from its examples
-            (the deletion check); shown as a column of the rules table.
-    """
-
-    step: int
-    epoch: int
-    inputs: torch.Tensor
-    targets: torch.Tensor | None
-    scores: torch.Tensor
-    scales: torch.Tensor
-    relative_error: torch.Tensor
-    rules: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
-    changes: dict[int, dict[str, list[int]]] | None = None
-    mask: torch.Tensor | None = None
-    rule_drops: dict[int, float] = field(default_factory=dict)
-    prefix: str = "ig"
-    labels: torch.Tensor | None = None
-    predictions: torch.Tensor | None = None
-
-
-@dataclass(frozen=True)
-class Image:
-    """A picture: ``pixels`` ``(3, H, W)`` uint8 RGB; ``caption`` says what its rows show (for loggers with
-    captions; the rows also carry it inside the picture)."""
-
-    tag: str
-    pixels: torch.Tensor
-    caption: str | None = None
-
-
-@dataclass(frozen=True)
-class Text:
-    """Markdown (TensorBoard's text tab, a ``.md`` file or artifact elsewhere)."""
-
-    tag: str
-    markdown: str
-
-
-@dataclass(frozen=True)
-class Histogram:
-    """A distribution: finite values only, never empty."""
-
-    tag: str
-    values: torch.Tensor
-
-
-@dataclass(frozen=True)
-class Table:
-    """Rows of plain-text cells (the rules, for loggers with tables; TensorBoard gets the same as a Text)."""
-
-    tag: str
-    columns: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
-
-
-Item = Image | Text | Histogram | Table
-
-
-class View(Protocol):
-    """What one check looks like, as items for every writer."""
-
-    def items(self, record: CheckRecord) -> list[Item]: ...
-
-
-def log_items(writer: Any, items: Sequence[Item], step: int) -> None:
-    """Write items into a ``SummaryWriter`` (TensorBoard), as the monitor always did; tables are skipped (their
-    Markdown twin is among the items)."""
-    for item in items:
-        if isinstance(item, Image):
-            add_png(writer, item.tag, item.pixels, step)
-        elif isinstance(item, Text):
-            writer.add_text(item.tag, item.markdown, step)
-        elif isinstance(item, Histogram):
-            writer.add_histogram(item.tag, item.values, step)
-
-
-class _LogsToSummaryWriter:
-    """``view.log(writer, record)``: the view's items written into a ``SummaryWriter``."""
-
-    def log(self, writer: Any, record: CheckRecord) -> None:
-        log_items(writer, self.items(record), record.step)  # type: ignore[attr-defined]
-
-
-# --------------------------------------------------------------------------- captions
-
-
-def _class_namer(class_names: Sequence[str] | None) -> Callable[[Any], str]:
-    lookup = name_lookup(class_names, str)
-
-    def name(value: Any) -> str:
-        if isinstance(value, torch.Tensor):
-            if value.numel() != 1:
-                return str(value.tolist())
-            value = value.item()
-        if isinstance(value, float) and not value.is_integer():
-            return f"{value:g}"
-        return lookup(int(value))
-
-    return name
-
-
-def format_completeness(value: float) -> str:
-    """``0.4%``-style relative completeness error; ``nan`` when it is not finite.
-
-    Example::
-
-        >>> format_completeness(0.0042), format_completeness(float("nan"))
-        ('0.4%', 'nan')
-    """
-    value = float(value)
-    return f"{100 * value:.1f}%" if math.isfinite(value) else "nan"
-
-
-def example_caption(record: CheckRecord, i: int, class_names: Sequence[str] | None = None) -> str:
-    """What row ``i`` shows: ``#3 label 7 · pred 1 · explains 7 · completeness 0.4%`` (the parts the record has).
-
-    Example::
-
-        >>> r = CheckRecord(0, 0, torch.zeros(4, 2), torch.tensor([0, 1, 1, 0]), torch.zeros(4, 2), torch.ones(4),
-        ...                 torch.tensor([0.1, 0.0042, 0.2, 0.3]), labels=torch.tensor([0, 1, 0, 0]),
-        ...                 predictions=torch.tensor([1, 0, 0, 0]))
-        >>> example_caption(r, 1, ["cat", "dog"])
-        '#1 label dog · pred cat · explains dog · completeness 0.4%'
-    """
-    name = _class_namer(class_names)
-    head = f"#{i}"
-    parts = []
-    if record.labels is not None and i < len(record.labels):
-        head += f" label {name(record.labels[i])}"
-    if record.predictions is not None and i < len(record.predictions):
-        parts.append(f"pred {name(record.predictions[i])}")
-    if record.targets is not None and i < len(record.targets):
-        parts.append(f"explains {name(record.targets[i])}")
-    if i < record.relative_error.numel():
-        parts.append(f"completeness {format_completeness(record.relative_error.reshape(-1)[i])}")
-    return render.CAPTION_SEPARATOR.join([head] + parts)
-
-
-def _wrap_title(text: str, limit: int = 52) -> str:
-    """A chart title on as many lines as it needs, broken at ``·``."""
-    lines, current = [], ""
-    for part in text.split(render.CAPTION_SEPARATOR):
-        trial = part if not current else current + render.CAPTION_SEPARATOR + part
-        if current and len(trial) > limit:
-            lines.append(current)
-            current = part
-        else:
-            current = trial
-    return "\n".join(lines + [current])
-
-
-def _grid_caption(record: CheckRecord, rows: Sequence[str]) -> str:
-    return f"epoch {record.epoch}, step {record.step}\n" + "\n".join(rows)
-
-
-def add_png(writer: Any, tag: str, image: torch.Tensor, step: int) -> None:
-    """Log a ``(3, H, W)`` uint8 image, encoded once as a fast PNG.
-
-    ``SummaryWriter.add_image`` converts every image to float and back before encoding, which costs
-    more than the encoding itself; our images are already uint8 RGB.
-    """
-    file_writer = getattr(writer, "_get_file_writer", None)
-    if file_writer is None:  # not a torch SummaryWriter: let it do its own thing
-        writer.add_image(tag, image, step, dataformats="CHW")
-        return
-    pixels = image.permute(1, 2, 0).contiguous().numpy()
-    buffer = io.BytesIO()
-    PILImage.fromarray(pixels, mode="RGB").save(buffer, format="PNG", compress_level=1)
-    encoded = Summary.Image(height=pixels.shape[0], width=pixels.shape[1], colorspace=3,
-                            encoded_image_string=buffer.getvalue())
-    file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=encoded)]), step)
 
 
 def common_items(record: CheckRecord) -> list[Item]:
@@ -264,7 +86,7 @@ def _mean_scale(scales: torch.Tensor) -> float:
     return float(good.mean()) if good.numel() else math.nan
 
 
-class ImageView(_LogsToSummaryWriter):
+class ImageView(LogsToSummaryWriter):
     """Input, signed heatmap and overlay per probe example, and class-mean maps, as grid images.
 
     Each row is captioned inside the picture (:func:`example_caption`: index, label, prediction, explained
@@ -303,7 +125,7 @@ class ImageView(_LogsToSummaryWriter):
         n = min(self.max_examples, record.inputs.shape[0])
         rows = [example_caption(record, i, self.class_names) for i in range(n)]
         grid = self._grid(record.inputs[:n], record.scores[:n], record.scales[:n], rows)
-        items: list[Item] = [Image(f"{record.prefix}/attribution_maps", grid, _grid_caption(record, rows))]
+        items: list[Item] = [Image(f"{record.prefix}/attribution_maps", grid, grid_caption(record, rows))]
         if record.targets is None:
             return items
         maps = class_mean_maps(record.scores, record.targets)
@@ -315,7 +137,7 @@ class ImageView(_LogsToSummaryWriter):
         names = name_lookup(self.class_names, str)
         rows = [self._class_caption(record, c, names) for c in classes]
         grid = self._grid(mean_inputs, mean_maps, scales, rows)
-        items.append(Image(f"{record.prefix}/class_mean_maps", grid, _grid_caption(record, rows)))
+        items.append(Image(f"{record.prefix}/class_mean_maps", grid, grid_caption(record, rows)))
         if record.rules:
             caption = f"Rows of `{record.prefix}/class_mean_maps`: " + ", ".join(names(c) for c in classes) + "\n\n"
             items += _rules_items(record, pixel_namer(record.scores.shape[1:]), self.class_names, caption)
@@ -330,7 +152,7 @@ class ImageView(_LogsToSummaryWriter):
         parts = [f"class {names(c)}", f"{int(members.sum())} example" + ("s" if int(members.sum()) != 1 else "")]
         if finite.numel():
             parts.append(f"completeness {format_completeness(float(finite.mean()))}")
-        return render.CAPTION_SEPARATOR.join(parts)
+        return CAPTION_SEPARATOR.join(parts)
 
 
 def _finite_mean(x: torch.Tensor) -> torch.Tensor:
@@ -355,7 +177,7 @@ def pixel_namer(shape: Sequence[int]) -> Callable[[int], str]:
     return name
 
 
-class TextView(_LogsToSummaryWriter):
+class TextView(LogsToSummaryWriter):
     """Tokens coloured by attribution (an image and a table) and the tokens that carry each class.
 
     Args:
@@ -392,8 +214,9 @@ class TextView(_LogsToSummaryWriter):
         scores = _compact(scores, keep)
         rows = [example_caption(record, i, self.class_names) for i in range(n)]
         strip = charts.token_strip(tokens, scores, record.scales[:n], cmap=self.cmap, captions=rows)
-        items: list[Item] = [Image(f"{record.prefix}/token_attributions", strip, _grid_caption(record, rows)),
-                             Text(f"{record.prefix}/tokens", token_table(tokens, scores, title=f"epoch {record.epoch}"))]
+        items: list[Item] = [Image(f"{record.prefix}/token_attributions", strip, grid_caption(record, rows)),
+                             Text(f"{record.prefix}/tokens",
+                                  token_table(tokens, scores, title=f"epoch {record.epoch}"))]
         if record.rules:
             items += _rules_items(record, self.token, self.class_names)
         return items
@@ -416,7 +239,7 @@ def _compact(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class TabularView(_LogsToSummaryWriter):
+class TabularView(LogsToSummaryWriter):
     """Bar charts of feature attributions per example and for the probe, and each class's top features.
 
     Non-finite attributions are drawn as mid-grey bars (see :func:`charts.bar_chart`); an example's
@@ -435,14 +258,15 @@ class TabularView(_LogsToSummaryWriter):
         items: list[Item] = []
         for i in range(min(self.max_examples, scores.shape[0])):
             caption = example_caption(record, i, self.class_names)
-            chart = charts.bar_chart(scores[i], names, title=_wrap_title(caption), max_bars=self.max_bars,
+            chart = charts.bar_chart(scores[i], names, title=wrap_title(caption), max_bars=self.max_bars,
                                      scale=_usable_scale(float(record.scales[i])))
             items.append(Image(f"{record.prefix}/feature_attributions/example_{i}", chart, caption))
         finite = _finite_examples(scores)
         mean = scores[finite].mean(0) if finite.any() else torch.full(scores.shape[1:], math.nan)
         errors = record.relative_error.reshape(-1)
         errors = errors[torch.isfinite(errors)]
-        title = "probe mean" + (f" · completeness {format_completeness(float(errors.mean()))}" if errors.numel() else "")
+        mean_error = f" · completeness {format_completeness(float(errors.mean()))}" if errors.numel() else ""
+        title = "probe mean" + mean_error
         chart = charts.bar_chart(mean, names, title=title, max_bars=self.max_bars,
                                  scale=_usable_scale(_mean_scale(record.scales)))
         items.append(Image(f"{record.prefix}/feature_attributions/probe_mean", chart,

@@ -34,7 +34,7 @@ import torch
 from PIL import Image as PILImage
 from PIL.PngImagePlugin import PngInfo
 
-from ig_lightning.output import views
+from ig_lightning.output import record
 
 
 class Writer(Protocol):
@@ -67,16 +67,16 @@ class Writer(Protocol):
         """End of a check: everything written so far reaches the backend."""
 
 
-def write_items(writer: Writer, items: Sequence[views.Item], step: int, flush: bool = True) -> None:
+def write_items(writer: Writer, items: Sequence[record.Item], step: int, flush: bool = True) -> None:
     """Hand every item to ``writer`` (then flush, unless told not to)."""
     for item in items:
-        if isinstance(item, views.Image):
+        if isinstance(item, record.Image):
             writer.image(item.tag, item.pixels, step, item.caption)
-        elif isinstance(item, views.Text):
+        elif isinstance(item, record.Text):
             writer.text(item.tag, item.markdown, step)
-        elif isinstance(item, views.Histogram):
+        elif isinstance(item, record.Histogram):
             writer.histogram(item.tag, item.values, step)
-        elif isinstance(item, views.Table):
+        elif isinstance(item, record.Table):
             writer.table(item.tag, item.columns, item.rows, step)
     if flush:
         writer.flush()
@@ -134,7 +134,7 @@ class _Base:
 
 
 class TensorBoardWriter(_Base):
-    """A ``TensorBoardLogger``'s ``SummaryWriter``: fast PNGs (:func:`views.add_png`), text, histograms."""
+    """A ``TensorBoardLogger``'s ``SummaryWriter``: fast PNGs (:func:`record.add_png`), text, histograms."""
 
     name = "TensorBoard"
 
@@ -143,7 +143,7 @@ class TensorBoardWriter(_Base):
         return self.logger.log_dir
 
     def image(self, tag: str, pixels: torch.Tensor, step: int, caption: str | None = None) -> None:
-        views.add_png(self.logger.experiment, tag, pixels, step)  # looked up here: tests replace it
+        record.add_png(self.logger.experiment, tag, pixels, step)  # looked up here: tests replace it
 
     def text(self, tag: str, markdown: str, step: int) -> None:
         self.logger.experiment.add_text(tag, markdown, step)

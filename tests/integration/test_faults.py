@@ -55,7 +55,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from ig_lightning import AttributionDriftError, IntegratedGradientsMonitor
 from ig_lightning.output import report as report_module
-from ig_lightning.output import views as views_module
+from ig_lightning.output import record as record_module
 
 WORKER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fault_worker.py")
 
@@ -608,7 +608,7 @@ def enospc(*args, **kwargs):
     [
         ((SummaryWriter, "add_histogram"), "TensorBoard pictures"),
         ((SummaryWriter, "add_text"), "TensorBoard pictures"),
-        ((views_module, "add_png"), "TensorBoard pictures"),
+        ((record_module, "add_png"), "TensorBoard pictures"),
         ((report_module, "open"), "the rules file"),
     ],
 )

@@ -21,7 +21,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ig_lightning import IntegratedGradientsMonitor
-from ig_lightning.output import views as views_module
+from ig_lightning.output import record as record_module
 from ig_lightning.output import writers as writers_module
 
 CHECKS = 2  # max_epochs=2, one check per validation epoch (the sanity check is not one)
@@ -96,7 +96,7 @@ def test_a_failing_backend_warns_once_and_the_other_still_gets_its_files(tmp_pat
     if failing == "CSV":
         monkeypatch.setattr(writers_module.CSVWriter, "image", broken)
     else:
-        monkeypatch.setattr(views_module, "add_png", broken)
+        monkeypatch.setattr(record_module, "add_png", broken)
     tensorboard, csv_logger = TensorBoardLogger(tmp_path, name="tb"), CSVLogger(tmp_path, name="csv")
     with caught_warnings() as caught:
         t, monitor = fit(tmp_path, [tensorboard, csv_logger])

@@ -7,7 +7,8 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from ig_lightning.output.views import add_png, infer_kind, pixel_namer
+from ig_lightning.output.record import add_png
+from ig_lightning.output.views import infer_kind, pixel_namer
 
 
 def test_add_png_round_trips_exactly(tmp_path):

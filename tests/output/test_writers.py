@@ -13,7 +13,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from ig_lightning.output import render
+from ig_lightning.output import captions
 from ig_lightning.output.render import NONFINITE_RGB, image_grid, text_band, upsample_map
 from ig_lightning.output.report import Reporter
 from ig_lightning.output.views import (
@@ -90,7 +90,7 @@ def test_caption_text_is_at_least_11_pixels_high():
     band = text_band("#3 label 7 · pred 1", 296)
     ink = (band < 128).any(0).any(1).nonzero()
     assert ink.max() - ink.min() + 1 >= 11  # capitals and digits, without descenders
-    assert band.shape[2] == 296 and render.CAPTION_PX >= 14
+    assert band.shape[2] == 296 and captions.CAPTION_PX >= 14
 
 
 def test_long_captions_wrap_at_the_separator_and_never_get_cut():
