@@ -29,7 +29,24 @@ warnings.filterwarnings("ignore", message=".*is smaller than the logging interva
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
-class TinyCNN(pl.LightningModule):
+class Classifier(pl.LightningModule):
+    """Cross-entropy training and validation with SGD (momentum 0.9) at ``lr``: the models below add a forward."""
+
+    lr = 0.05
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+class TinyCNN(Classifier):
     """Conv + BatchNorm + Dropout: every way a careless callback could change training."""
 
     def __init__(self, classes: int = 4, dtype: torch.dtype = torch.float32) -> None:
@@ -42,16 +59,6 @@ class TinyCNN(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.cross_entropy(self(x), y)
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
 
 
 def make_data(n: int = 96, classes: int = 4, seed: int = 0, dtype: torch.dtype = torch.float32):
@@ -168,7 +175,7 @@ def one_thread() -> Iterator[None]:
 NAN = float("nan")
 
 
-class Net(pl.LightningModule):
+class Net(Classifier):
     """A tiny model of one kind ("image", "tabular", "text") that counts its training steps.
 
     ``poison(module, x, out) -> out`` is applied to the outputs in eval mode only (the monitor's checks and
@@ -200,15 +207,7 @@ class Net(pl.LightningModule):
         if self.steps == 0 and self.on_first_step is not None:
             self.on_first_step()
         self.steps += 1
-        x, y = batch
-        return nn.functional.cross_entropy(self(x), y)
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        return super().training_step(batch, batch_idx)
 
 
 def dataset(kind: str = "image", n: int = 32, classes: int = 4) -> TensorDataset:

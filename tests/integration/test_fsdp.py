@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import trainer
-from lightning.pytorch import LightningModule
+from conftest import Classifier, trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -24,7 +23,9 @@ pytestmark = [
 PROBE, EPOCHS, TOLERANCE, MAX_STEPS = 8, 2, 0.01, 256
 
 
-class Mlp(LightningModule):
+class Mlp(Classifier):
+    lr = 0.1
+
     def __init__(self, features: int = 6, classes: int = 3) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(features, 32), nn.Tanh(), nn.Linear(32, 32), nn.GELU(),
@@ -32,17 +33,6 @@ class Mlp(LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.cross_entropy(self(x), y)
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
 
 
 def data(n: int = 64, seed: int = 0) -> TensorDataset:
