@@ -111,33 +111,12 @@ def rules_markdown(
         |---|---|
         | num | w7 (+1.500) |
     """
-    if not isinstance(rules, dict):
-        raise TypeError(f"`rules` must be a dict, got {type(rules).__name__}")
-    precision = validate_int(precision, "precision", minimum=0)
-    key_name = name_lookup(key_names, str, "key_names")
-    class_name = name_lookup(class_names, str, "class_names")
-
-    def names(keys: list[int]) -> str:
-        return ", ".join(escape(key_name(key)) for key in keys) or "-"
-
-    def scored(top: list[tuple[int, float]]) -> str:
-        cells = [f"{escape(key_name(key))} ({format_score(score, precision)})" for key, score in top]
-        return ", ".join(cells) or "-"
-
-    columns = ["class", "top features"] + (["entered", "left"] if changes is not None else []) + \
-        (["removing it drops"] if drops else [])
-    header = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines = []
-    for c in sorted(rules):
-        row = f"| {escape(class_name(c))} | {scored(rules[c])} |"
-        if changes is not None:
-            change = changes.get(c, {})
-            row += f" {names(change.get('entered', []))} | {names(change.get('left', []))} |"
-        if drops:
-            drop = drops.get(c, math.nan)
-            row += " - |" if not math.isfinite(drop) else f" {100 * drop:.0f}% |"
-        lines.append(row)
-    return "\n".join(header + lines)
+    columns, rows = rules_rows(rules, changes, key_names=key_names, class_names=class_names, precision=precision,
+                               drops=drops)
+    keep = [0, 1] + ([2, 3] if changes is not None else []) + ([4] if drops else [])
+    lines = ["| " + " | ".join(columns[i] for i in keep) + " |", "|" + "---|" * len(keep)]
+    lines += ["| " + " | ".join(escape(row[i]) for i in keep) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def rules_rows(
