@@ -53,7 +53,9 @@ from typing import Callable, Protocol
 
 import torch
 
+from ig_lightning.functional._mesh import Leaves, leaves_of, prune, sort_nodes, split_indicators, trapezoid
 from ig_lightning.functional.quadrature import AUTO_MIN_STEPS
+from ig_lightning.functional.warm import WarmStart
 
 __all__ = ["AutoResult", "PathGradients", "integrate_auto"]
 
@@ -69,6 +71,9 @@ BISECTION_START = 5
 #: ``delta_floor``): it costs almost nothing (+0.2 evaluations per example on the digits CNN) and keeps the
 #: completeness contract of earlier versions.
 COMPLETENESS = True
+#: The mesh a call leaves for the next (``warm_start``) is its final mesh with sibling intervals merged back, up
+#: to this many times, as long as the estimate stays within tolerance on the gradients just evaluated.
+WARM_COARSEN = 3
 
 
 class PathGradients(Protocol):
@@ -95,6 +100,8 @@ class AutoResult:
         attribution_error: ``(n,)`` float64, estimated relative L2 error of ``diff * avg_grad`` against the
             exact integral; NaN where the gradients were not finite.
         unconverged: Examples that hit ``max_steps`` without reaching ``tolerance``.
+        rounds: Batched rounds of evaluations (each one call of the model per chunk, and one sync).
+        warm_start: What the next call on (nearly) the same model can start from (see :mod:`.warm`).
     """
 
     avg_grad: torch.Tensor
@@ -102,6 +109,8 @@ class AutoResult:
     n_evaluations: torch.Tensor
     attribution_error: torch.Tensor
     unconverged: int
+    rounds: int = 0
+    warm_start: WarmStart | None = None
 
 
 def integrate_auto(
@@ -112,6 +121,7 @@ def integrate_auto(
     max_steps: int,
     delta_floor: float,
     sync: Callable[[int], int] | None = None,
+    warm_start: WarmStart | None = None,
 ) -> AutoResult:
     """Integrate every example's gradient along its path until its estimated relative L2 error is within tolerance.
 
@@ -124,17 +134,24 @@ def integrate_auto(
             to be relative to; attributions share ``F``'s units, as ``delta`` does).
         sync: ``sync(k)`` returns the largest ``k`` over the processes; every round then evaluates that many
             points on every process. ``None`` for one process.
+        warm_start: The ``warm_start`` of an earlier result on the same examples: its meshes are evaluated first,
+            in one round (see :mod:`ig_lightning.functional.warm`). ``None``: a cold start.
 
     Returns:
         An :class:`AutoResult`.
 
     Raises:
         ValueError: ``max_steps`` is below :data:`~ig_lightning.functional.quadrature.AUTO_MIN_STEPS`, or ``sync``
-            asks a process without examples to evaluate points (there is nothing to pad with).
+            asks a process without examples to evaluate points (there is nothing to pad with), or ``warm_start``
+            is for other examples.
     """
     if max_steps < AUTO_MIN_STEPS:
         raise ValueError(f"`max_steps` must be >= {AUTO_MIN_STEPS} for n_steps='auto', got {max_steps}")
-    return _Bisection(path, delta, tolerance, max_steps, delta_floor, sync).run()
+    if warm_start is not None:
+        if not isinstance(warm_start, WarmStart):
+            raise TypeError(f"`warm_start` must be a WarmStart (a result's `warm_start`), got {type(warm_start).__name__}")
+        warm_start.validate(path.n)
+    return _Bisection(path, delta, tolerance, max_steps, delta_floor, sync).run(warm_start)
 
 
 class _Bisection:
@@ -148,8 +165,14 @@ class _Bisection:
         self.delta = delta.to(device=self.device, dtype=self.dtype)
         self.count = torch.zeros(self.n, dtype=torch.long, device=self.device)
         self.dead = torch.zeros(self.n, dtype=torch.bool, device=self.device)  # non-finite gradients seen
+        self.rounds = 0
         # The ends of the path, a hair inside: a tied baseline's gradient stands for none of its neighbours.
         self.eps = max(2.0 ** -12, 4 * torch.finfo(self.dtype).eps)
+        # Every node evaluated: its gradient, its alpha (float64, exact) and its example.
+        self.grads = torch.empty((0, self.diff.shape[1]), dtype=self.dtype, device=self.device)
+        self.alpha = torch.empty(0, dtype=torch.float64, device=self.device)
+        self.owner = torch.empty(0, dtype=torch.long, device=self.device)
+        self.used = 0
 
     # --- lockstep evaluation ----------------------------------------------------------------------------
 
@@ -160,6 +183,7 @@ class _Bisection:
     def _evaluate(self, idx: torch.Tensor, alphas: torch.Tensor, total: int) -> torch.Tensor:
         """Gradients at the ``k`` points, padded to ``total`` points with example 0 at alpha 0 (dropped)."""
         k = len(idx)
+        alphas = alphas.to(self.dtype)
         if total > k:
             if self.n == 0:
                 raise ValueError("`sync` asks a process without examples to evaluate points: there is no valid "
@@ -172,6 +196,28 @@ class _Bisection:
         bad = ~torch.isfinite(grads).all(1)
         self.dead.index_fill_(0, idx[:k][bad], True)  # non-finite cannot improve by refining: stop there
         return grads
+
+    def _add(self, owner: torch.Tensor, alpha: torch.Tensor, inside: bool = False) -> torch.Tensor | None:
+        """Evaluate one round of nodes (every process as many); their rows in the pool, or None where no process
+        has any. ``inside``: nodes may be the ends of the path, evaluated a hair inside."""
+        total = self._total_points(len(owner))
+        if total == 0:
+            return None
+        self.rounds += 1
+        alpha = alpha.to(device=self.device, dtype=torch.float64)
+        grads = self._evaluate(owner, alpha.clamp(self.eps, 1 - self.eps) if inside else alpha, total)
+        end = self.used + len(grads)
+        if end > len(self.alpha):  # grow the pool, doubling it
+            size = max(2 * len(self.alpha), end, 16)
+            for name in ("grads", "alpha", "owner"):
+                old = getattr(self, name)
+                grown = old.new_empty((size, *old.shape[1:]))
+                grown[:self.used] = old[:self.used]
+                setattr(self, name, grown)
+        self.grads[self.used:end], self.alpha[self.used:end], self.owner[self.used:end] = grads, alpha, owner
+        rows = torch.arange(self.used, end, device=self.device)
+        self.used = end
+        return rows
 
     # --- the estimate -------------------------------------------------------------------------------------
 
@@ -187,103 +233,95 @@ class _Bisection:
         goal = self.tolerance * self.delta.abs().clamp_min(self.floor)
         return ((self.diff * avg_grad).sum(1) - self.delta).abs() > goal
 
-    def _result(self, avg_grad: torch.Tensor, estimate: torch.Tensor) -> AutoResult:
-        missed = (estimate > self.tolerance) | self._incomplete(avg_grad)
-        unconverged = int((missed & ~self.dead).sum())
-        return AutoResult(avg_grad, self.count.clone(), self.count.clone(), estimate.to(torch.float64), unconverged)
+    def _squares(self, owner: torch.Tensor, indicator: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(self.n, dtype=self.dtype, device=self.device).index_add_(0, owner, indicator ** 2)
+
+    # --- the start: a mesh evaluated in one round ---------------------------------------------------------
+
+    def run(self, warm: WarmStart | None = None) -> AutoResult:
+        empty = torch.empty(0, dtype=torch.long, device=self.device)
+        if warm is None:
+            m0 = BISECTION_START if self.max_steps >= BISECTION_START else 3
+            grid = torch.linspace(0, 1, m0, dtype=torch.float64, device=self.device)
+            owner, alpha = torch.arange(self.n, device=self.device).repeat_interleave(m0), grid.repeat(self.n)
+        else:
+            owner, alpha = warm.owner.to(self.device), warm.alpha.to(device=self.device, dtype=torch.float64)
+        rows = self._add(owner, alpha, inside=True)
+        return self._bisect(empty if rows is None else rows)
 
     # --- the bisection ------------------------------------------------------------------------------------
 
-    def run(self) -> AutoResult:
-        n, dtype, device = self.n, self.dtype, self.device
-        m0 = BISECTION_START if self.max_steps >= BISECTION_START else 3
-        grid = torch.linspace(0, 1, m0, dtype=dtype, device=device)
-        every = torch.arange(n, device=device)
-        node_alpha = grid.repeat_interleave(n)  # node k of example e is row k * n + e
-        grads = self._evaluate(every.repeat(m0), self._inside(node_alpha), self._total_points(n * m0))
-        self.grads, self.alpha, self.used = self._pool(grads), self._pool(node_alpha), n * m0
-        rows = lambda k: k * n + every  # noqa: E731
-        left = torch.cat([rows(k) for k in range(m0 - 1)])  # interval j of example e: position j * n + e
-        right = torch.cat([rows(k + 1) for k in range(m0 - 1)])
-        owner = every.repeat(m0 - 1)
-        h = 1.0 / (m0 - 1)
-        avg_grad = torch.zeros(n, self.diff.shape[1], dtype=dtype, device=device)
-        avg_grad.index_add_(0, owner, (h / 2) * (grads[left] + grads[right]))
-        # First indicators: each pair of intervals against the one interval twice as long.
-        pairs = range(0, m0 - 1, 2)
-        a, mid, b = (torch.cat([rows(k + s) for k in pairs]) for s in (0, 1, 2))
-        lo, hi = self._split(a, mid, b, every.repeat(len(pairs)), 2 * h)
-        indicator = torch.empty(len(left), dtype=dtype, device=device)
-        first = torch.cat([k * n + every for k in pairs])
-        indicator[first], indicator[first + n] = lo, hi
-
+    def _bisect(self, rows: torch.Tensor) -> AutoResult:
+        """Refine every example from the mesh of nodes ``rows`` (sorted by example and alpha)."""
+        leaves = leaves_of(self.owner[rows], self.alpha[rows])
+        indicator = split_indicators(self.grads[rows], self.diff, leaves)
+        avg_grad = trapezoid(self.grads[rows], self.alpha[rows], leaves, self.n)
+        left, right, owner = rows[leaves.left], rows[leaves.right], leaves.owner
         while True:
-            squares = torch.zeros(n, dtype=dtype, device=device).index_add_(0, owner, indicator ** 2)
+            squares = self._squares(owner, indicator)
             estimate = self._relative(BISECTION_SCALE * squares.sqrt(), avg_grad)
             active = ((estimate > self.tolerance) | self._incomplete(avg_grad)) & ~self.dead
             active &= self.count < self.max_steps
             chosen = self._choose(indicator ** 2, owner, squares, active)
-            total = self._total_points(len(chosen))
-            if total == 0:
-                return self._result(avg_grad, estimate)
             lft, rgt, ex = left[chosen], right[chosen], owner[chosen]
-            mids = (self.alpha[lft] + self.alpha[rgt]) / 2
-            new = self._evaluate(ex, mids, total)
-            rows_new = self._store(new, mids)
-            width = (self.alpha[rgt] - self.alpha[lft]).unsqueeze(1)
+            new = self._add(ex, (self.alpha[lft] + self.alpha[rgt]) / 2)
+            if new is None:
+                missed = (estimate > self.tolerance) | self._incomplete(avg_grad)
+                unconverged = int((missed & ~self.dead).sum())
+                warm = self._next_start(torch.unique(torch.cat([left, right])))
+                return AutoResult(avg_grad, self.count.clone(), self.count.clone(), estimate.to(torch.float64),
+                                  unconverged, self.rounds, warm)
+            grads = self.grads[new]
+            width = (self.alpha[rgt] - self.alpha[lft]).to(self.dtype).unsqueeze(1)
             # The interval's h/2 (ga + gb) becomes h/4 (ga + 2 gm + gb).
-            avg_grad.index_add_(0, ex, width / 2 * new - width / 4 * (self.grads[lft] + self.grads[rgt]))
-            lo, hi = self._split(lft, rows_new, rgt, ex, width.squeeze(1))
-            keep = torch.ones(len(left), dtype=torch.bool, device=device)
+            avg_grad.index_add_(0, ex, width / 2 * grads - width / 4 * (self.grads[lft] + self.grads[rgt]))
+            del grads
+            k = len(ex)
+            halves = Leaves(torch.cat([lft, new]), torch.cat([new, rgt]), ex.repeat(2), lft.repeat(2), new.repeat(2),
+                            rgt.repeat(2), torch.arange(2 * k, device=self.device) < k, width.squeeze(1).repeat(2))
+            keep = torch.ones(len(left), dtype=torch.bool, device=self.device)
             keep[chosen] = False
-            left = torch.cat([left[keep], lft, rows_new])
-            right = torch.cat([right[keep], rows_new, rgt])
-            owner = torch.cat([owner[keep], ex, ex])
-            indicator = torch.cat([indicator[keep], lo, hi])
+            left, right = torch.cat([left[keep], halves.left]), torch.cat([right[keep], halves.right])
+            owner = torch.cat([owner[keep], halves.owner])
+            indicator = torch.cat([indicator[keep], split_indicators(self.grads, self.diff, halves)])
 
-    def _inside(self, alpha: torch.Tensor) -> torch.Tensor:
-        return alpha.clamp(self.eps, 1 - self.eps)
-
-    @staticmethod
-    def _pool(first: torch.Tensor) -> torch.Tensor:
-        pool = first.new_empty((max(2 * len(first), 16), *first.shape[1:]))
-        pool[:len(first)] = first
-        return pool
-
-    def _store(self, grads: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
-        """Append nodes to the pool (doubling it when full); their rows."""
-        end = self.used + len(grads)
-        if end > len(self.alpha):
-            size = max(2 * len(self.alpha), end)
-            for name in ("grads", "alpha"):
-                old = getattr(self, name)
-                grown = old.new_empty((size, *old.shape[1:]))
-                grown[:self.used] = old[:self.used]
-                setattr(self, name, grown)
-        self.grads[self.used:end] = grads
-        self.alpha[self.used:end] = alphas
-        rows = torch.arange(self.used, end, device=self.device)
-        self.used = end
-        return rows
-
-    def _split(self, a: torch.Tensor, m: torch.Tensor, b: torch.Tensor, ex: torch.Tensor,
-               width: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Indicators of the halves ``[a, m]`` and ``[m, b]`` of intervals just bisected.
-
-        The change of the attributions, ``diff * width / 4 * (ga + gb - 2 gm)``, shared between the halves in
-        proportion to how much the attributions change across each (a kink sits in one half only).
-        """
-        diff, g = self.diff[ex], self.grads
-        width = torch.as_tensor(width, dtype=self.dtype, device=self.device)
-        change = (diff * (g[a] + g[b] - 2 * g[m])).norm(dim=1) * width / 4
-        across_lo = (diff * (g[m] - g[a])).norm(dim=1)
-        across_hi = (diff * (g[b] - g[m])).norm(dim=1)
-        both = torch.hypot(across_lo, across_hi)
-        flat = both == 0
-        half = torch.full_like(both, math.sqrt(0.5))
-        share_lo = torch.where(flat, half, across_lo / both.clamp_min(1e-300))
-        share_hi = torch.where(flat, half, across_hi / both.clamp_min(1e-300))
-        return change * share_lo, change * share_hi
+    def _next_start(self, rows: torch.Tensor) -> WarmStart:
+        """Each example's final mesh, coarsened as far as the gradients just evaluated allow: sibling intervals are
+        merged back, those that raise the estimate least first, while it stays within tolerance (up to
+        :data:`WARM_COARSEN` passes)."""
+        rows = rows[sort_nodes(self.owner[rows], self.alpha[rows])]
+        own, alpha, grads = self.owner[rows], self.alpha[rows], self.grads[rows]
+        keep = torch.ones(len(rows), dtype=torch.bool, device=self.device)
+        for _ in range(WARM_COARSEN):
+            pos = keep.nonzero().flatten()
+            leaves = leaves_of(own[pos], alpha[pos])
+            indicator = split_indicators(grads[pos], self.diff, leaves)
+            avg = trapezoid(grads[pos], alpha[pos], leaves, self.n)
+            norm = (self.diff * avg).norm(dim=1).clamp_min(self.floor)
+            budget = (self.tolerance * norm / BISECTION_SCALE) ** 2 - self._squares(leaves.owner, indicator)
+            merged = prune(own[pos], alpha[pos], 1)  # every sibling pair merged at once (they are independent)
+            gone = (~merged).nonzero().flatten()
+            if not len(gone) or not bool((budget > 0).any()):
+                break
+            coarse = leaves_of(own[pos][merged], alpha[pos][merged])
+            coarse_ind = split_indicators(grads[pos][merged], self.diff, coarse)
+            # The merged interval of a removed node m starts at m's left neighbour.
+            leaf_from = torch.full((len(pos),), -1, dtype=torch.long, device=self.device)
+            leaf_from[leaves.left] = torch.arange(len(leaves.left), device=self.device)
+            place = torch.cumsum(merged.long(), 0) - 1  # each kept node's position in the merged mesh
+            coarse_from = torch.full((int(merged.sum()),), -1, dtype=torch.long, device=self.device)
+            coarse_from[coarse.left] = torch.arange(len(coarse.left), device=self.device)
+            lo, hi = leaf_from[gone - 1], leaf_from[gone]
+            rise = coarse_ind[coarse_from[place[gone - 1]]] ** 2 - indicator[lo] ** 2 - indicator[hi] ** 2
+            ex = own[pos][gone]
+            order = torch.argsort(rise, stable=True)
+            order = order[torch.argsort(ex[order], stable=True)]  # per example, the smallest rise first
+            spent = _segment_cumsum(rise[order], ex[order])
+            take = order[spent <= budget[ex[order]]]
+            if not len(take):
+                break
+            keep[pos[gone[take]]] = False
+        return WarmStart(own[keep], alpha[keep], self.n)
 
     def _choose(self, key: torch.Tensor, owner: torch.Tensor, total: torch.Tensor,
                 active: torch.Tensor) -> torch.Tensor:
@@ -304,3 +342,13 @@ class _Bisection:
         pick = (before - before[first[es]] < BISECTION_SHARE) & active[es]
         pick &= rank < (self.max_steps - self.count)[es]  # never beyond max_steps points
         return order[pick]
+
+
+
+def _segment_cumsum(values: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
+    """Running sums of ``values`` restarting where ``segment`` (sorted) changes."""
+    total = torch.cumsum(values, 0)
+    starts = torch.ones_like(segment, dtype=torch.bool)
+    starts[1:] = segment[1:] != segment[:-1]
+    offset = torch.cummax(torch.where(starts, torch.arange(len(values), device=values.device), -1), 0).values
+    return total - (total - values)[offset]

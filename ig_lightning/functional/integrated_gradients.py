@@ -41,8 +41,9 @@ from ig_lightning.functional._paths import (
     own_copy,
     validate_layers,
 )
-from ig_lightning.functional.adaptive import integrate_auto
+from ig_lightning.functional.adaptive import AutoResult, integrate_auto
 from ig_lightning.functional.quadrature import quadrature_rule, validate_steps
+from ig_lightning.functional.warm import WarmStart
 
 __all__ = ["IGResult", "NonFiniteAttributionWarning", "integrated_gradients"]
 
@@ -72,6 +73,10 @@ class IGResult:
             rule and for nested refinement, larger with ``n_steps="auto"`` and Gauss-Legendre (not nested).
         attribution_error: Estimated relative L2 error of each example's attributions against the exact
             integral, ``(B,)`` float64; NaN where no estimate was made (fixed ``n_steps``).
+        rounds: With ``n_steps="auto"``: batched rounds of evaluations (each a pass over the points' chunks,
+            and under several processes one sync); 0 for a fixed rule.
+        warm_start: With ``n_steps="auto"``: what a later call on the same examples can start from (pass it as
+            ``warm_start=``; see :mod:`ig_lightning.functional.warm`); ``None`` for a fixed rule.
     """
 
     attributions: Attributions
@@ -80,6 +85,8 @@ class IGResult:
     n_steps: torch.Tensor
     n_evaluations: torch.Tensor
     attribution_error: torch.Tensor = field(default=None)  # type: ignore[assignment]
+    rounds: int = 0
+    warm_start: WarmStart | None = None
 
     def __post_init__(self) -> None:
         if self.attribution_error is None:
@@ -93,7 +100,8 @@ class IGResult:
         """A copy with every tensor moved to ``device``."""
         move = lambda t: t.to(device)  # noqa: E731
         return IGResult(tree_map(move, self.attributions), move(self.delta), move(self.completeness_error),
-                        move(self.n_steps), move(self.n_evaluations), move(self.attribution_error))
+                        move(self.n_steps), move(self.n_evaluations), move(self.attribution_error), self.rounds,
+                        None if self.warm_start is None else self.warm_start.to(device))
 
 
 def integrated_gradients(
@@ -114,6 +122,7 @@ def integrated_gradients(
     max_steps: int = 512,
     delta_floor: float = 1e-3,
     sync: Callable[[int], int] | None = None,
+    warm_start: WarmStart | None = None,
 ) -> IGResult:
     """Integrated Gradients of ``forward_func`` at ``inputs`` relative to ``baselines``.
 
@@ -157,6 +166,10 @@ def integrated_gradients(
         sync: With ``n_steps="auto"`` under several processes: ``sync(k)`` returns the largest ``k`` over
             the processes, so that every process runs as many forward passes as the others (sharded
             strategies need it). ``None`` for one process.
+        warm_start: With ``n_steps="auto"``: the ``warm_start`` of an earlier result on the same examples (the
+            same path and features; the model may have changed): the call evaluates what that one learnt first,
+            in one round, and refines only where the estimate says so (:mod:`ig_lightning.functional.warm`).
+            The error target and its estimate are those of a cold call.
 
     Returns:
         An :class:`IGResult`; its tensors are on the inputs' device.
@@ -207,6 +220,11 @@ def integrated_gradients(
         raise TypeError(f"`grad_kwargs` must be a dict, got {type(grad_kwargs).__name__}")
     if sync is not None and not callable(sync):
         raise TypeError(f"`sync` must be callable, got {type(sync).__name__}")
+    if warm_start is not None and not isinstance(warm_start, WarmStart):
+        raise TypeError(f"`warm_start` must be a WarmStart (an earlier result's `warm_start`) or None, got "
+                        f"{type(warm_start).__name__}")
+    if warm_start is not None and not auto:
+        raise ValueError(f"`warm_start` needs n_steps='auto', got n_steps={n_steps!r}")
     target_t = validate_target(target, items[0].shape[0])
     if auto:
         tolerance = _reachable_tolerance(tolerance, items[0].device, None if layers else items[0].dtype)
@@ -215,7 +233,7 @@ def integrated_gradients(
         return _integrated_gradients(
             forward_func, items, isinstance(inputs, tuple), target_t, baselines, additional_forward_args,
             n_steps, method, internal_batch_size, tolerance, layers, isinstance(layer, (list, tuple, nn.ModuleList)),
-            attribute_to_layer_input, multiply_by_inputs, grad_kwargs, max_steps, delta_floor, sync)
+            attribute_to_layer_input, multiply_by_inputs, grad_kwargs, max_steps, delta_floor, sync, warm_start)
     except RuntimeError as error:
         if "Inference tensors cannot be saved for backward" not in str(error):
             raise
@@ -245,6 +263,7 @@ def _integrated_gradients(
     max_steps: int,
     delta_floor: float,
     sync: Callable[[int], int] | None,
+    warm_start: WarmStart | None,
 ) -> IGResult:
     """The computation of :func:`integrated_gradients`, on checked arguments."""
     n = items[0].shape[0]
@@ -266,10 +285,11 @@ def _integrated_gradients(
             path = StraightPaths(problem.run, problem.start, problem.diff, internal_batch_size, grad_kwargs)
             del bases
             delta = problem.delta
-            estimate = None
+            estimate, rounds, warm = None, 0, None
             if n_steps == "auto":
-                avg_grad, steps, evals, estimate = _refine(path, delta, tolerance, max_steps, delta_floor,
-                                                                   sync)
+                res = _refine(path, delta, tolerance, max_steps, delta_floor, sync, warm_start)
+                avg_grad, steps, evals, estimate = res.avg_grad, res.n_steps, res.n_evaluations, res.attribution_error
+                rounds, warm = res.rounds, res.warm_start
             else:
                 alphas, weights = quadrature_rule(method, n_steps, dtype=path.dtype, device=device)
                 avg_grad = path.weighted_gradients(torch.arange(n, device=device), alphas, weights)
@@ -279,7 +299,7 @@ def _integrated_gradients(
     _warn_non_finite(total)
     flat_attr = total if multiply_by_inputs else avg_grad
     attributions = problem.rebuild([t.detach() for t in problem.flat.split(flat_attr)])
-    return IGResult(attributions, delta.detach(), error.detach(), steps, evals, estimate)
+    return IGResult(attributions, delta.detach(), error.detach(), steps, evals, estimate, rounds, warm)
 
 
 def _reachable_tolerance(tolerance: float, device: torch.device, dtype: torch.dtype | None) -> float:
@@ -303,11 +323,11 @@ def _reachable_tolerance(tolerance: float, device: torch.device, dtype: torch.dt
 
 def _refine(
     path: StraightPaths, delta: torch.Tensor, tolerance: float, max_steps: int, delta_floor: float,
-    sync: Callable[[int], int] | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    sync: Callable[[int], int] | None, warm_start: WarmStart | None,
+) -> AutoResult:
     """Refine each example until its attributions are within tolerance (or ``max_steps`` is reached)."""
     res = integrate_auto(path, delta, tolerance=tolerance, max_steps=max_steps, delta_floor=delta_floor,
-                         sync=sync)
+                         sync=sync, warm_start=warm_start)
     n = delta.shape[0]
     if res.unconverged:
         warnings.warn(
@@ -324,7 +344,7 @@ def _refine(
             RuntimeWarning,
             stacklevel=4,
         )
-    return res.avg_grad, res.n_steps, res.n_evaluations, res.attribution_error
+    return res
 
 
 def _warn_non_finite(attributions: torch.Tensor) -> None:

@@ -29,6 +29,7 @@ from ig_lightning.monitor.faithfulness import deletion_check
 from ig_lightning.monitor.policy import AttributionDriftError, BreachPolicy, find_faults
 from ig_lightning.monitor.targets import resolve_targets
 from ig_lightning.monitor.measure import alarm_limits, measure
+from ig_lightning.monitor.meshes import PathMeshes
 from ig_lightning.monitor.probe import ModelInputs, Probe, Unpack
 from ig_lightning.monitor.tracking import ColorScales, DriftHistory, DriftReferences, RuleTracker
 from ig_lightning.output.markdown import Names
@@ -68,6 +69,8 @@ class IntegratedGradientsMonitor(Callback):
             validation one under ``trainer.validate``), so a check needs no more memory than a training step.
         tolerance: The accuracy target of ``n_steps="auto"``.
         max_steps: The most points per example with ``n_steps="auto"``.
+        warm_start: With ``n_steps="auto"``, start every example's path where the last check's mesh ended (fewer
+            batched rounds per check, the same error target; :mod:`ig_lightning.functional.warm`).
         layer: A submodule's name (``named_modules()``, e.g. ``"model.bert.embeddings.word_embeddings"``) to
             attribute at its output; a convolution's or patch embedding's output is drawn as a map over the image.
         attribute: The input(s) to attribute (names of a dict batch, or positions). ``None``: every floating
@@ -137,6 +140,7 @@ class IntegratedGradientsMonitor(Callback):
         internal_batch_size: int | None = None,
         tolerance: float = 0.01,
         max_steps: int = 256,
+        warm_start: bool = False,
         layer: str | None = None,
         attribute: str | int | list[str | int] | None = None,
         output_transform: Literal["softmax", "log_softmax", "sigmoid"] | Callable[[Any], torch.Tensor]
@@ -179,7 +183,7 @@ class IntegratedGradientsMonitor(Callback):
         self.references = DriftReferences()
         self.color_scales = ColorScales(self.config.color_headroom)
         self.rule_tracker = RuleTracker(self.config.top_k)
-        self.drift_history = DriftHistory(self.config.drift_window)
+        self.drift_history, self.meshes = DriftHistory(self.config.drift_window), PathMeshes()
         what = f"{drift_metric} vs {drift_reference} check"
         describe = {self.names["drift"]: what, self.names["drift_class_max"]: f"worst class, {what}",
                     self.names["drift_ratio"]: f"{what}, over the median of the last {drift_window} checks"}
@@ -254,7 +258,7 @@ class IntegratedGradientsMonitor(Callback):
         self.probe, self.targets, self.checks, self._single_output = self.config.given_probe, None, 0, False
         self.references, self.color_scales = DriftReferences(), ColorScales(self.config.color_headroom)
         self.rule_tracker, self.drift_history = RuleTracker(self.config.top_k), DriftHistory(self.config.drift_window)
-        self.policy.recent, self._explainer = [], None
+        self.policy.recent, self._explainer, self.meshes = [], None, PathMeshes()
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if preflight.will_check(trainer, pl_module, self.config.every_n_epochs):
@@ -358,7 +362,8 @@ class IntegratedGradientsMonitor(Callback):
             torch.autocast(pl_module.device.type, enabled=False)
         with eval_mode(pl_module), precision:
             return self._explainer.attribute(
-                trainer, pl_module, self.probe.inputs, self.targets, n_steps=config.n_steps, method=config.method,
+                trainer, pl_module, self.probe.inputs, self.targets, self.meshes if config.warm_start else None,
+                n_steps=config.n_steps, method=config.method,
                 internal_batch_size=self._batch, tolerance=config.tolerance, max_steps=config.max_steps,
                 delta_floor=DELTA_FLOOR)
 
@@ -375,7 +380,7 @@ class IntegratedGradientsMonitor(Callback):
                 "probe": None if self.probe is None else self.probe.state(), "targets": self.targets,
                 "single_output": self._single_output, "checks": self.checks,
                 **self.references.state_dict(), **self.color_scales.state_dict(), **self.rule_tracker.state_dict(),
-                **self.drift_history.state_dict(), **self.policy.state_dict()}
+                **self.drift_history.state_dict(), **self.policy.state_dict(), **self.meshes.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved, current = state_dict.get("settings"), self.config.identity()
@@ -389,7 +394,8 @@ class IntegratedGradientsMonitor(Callback):
             self.probe = Probe.from_state(probe, state_dict.get("probe_labels"))
         if state_dict.get("targets") is not None:
             self.targets = state_dict["targets"]
-        for part in (self.references, self.color_scales, self.rule_tracker, self.drift_history, self.policy):
+        for part in (self.references, self.color_scales, self.rule_tracker, self.drift_history, self.policy,
+                     self.meshes):
             part.load_state_dict(state_dict)
         self._single_output = bool(state_dict.get("single_output", False))
         self._model_fingerprint = state_dict.get("model", self._model_fingerprint)

@@ -60,6 +60,7 @@ METRICS: dict[str, str] = {
     "delta_mean": "mean F(x) - F(baseline)",
     "nonfinite_examples": "probe examples whose attributions are NaN or infinite",
     "n_steps_mean": "mean gradient evaluations per example (n_steps='auto')",
+    "rounds": "batched rounds of gradient evaluations in the check, over its groups (n_steps='auto')",
     "attribution_error": "mean estimated relative L2 error of the attributions (n_steps='auto')",
     "attribution_error_max": "worst estimated relative L2 error of the attributions",
     "drift": "drift from the reference check (drift_metric, over the probe)",
@@ -114,6 +115,7 @@ class MonitorConfig:
     internal_batch_size: int | None = None
     tolerance: float = 0.01
     max_steps: int = 256
+    warm_start: bool = False
     layer: str | None = None
     attribute: Any = None
     output_transform: Any = None
@@ -179,6 +181,10 @@ class MonitorConfig:
         if self.internal_batch_size is not None:
             validate_int(self.internal_batch_size, "internal_batch_size", minimum=1)
         self._set("tolerance", validate_positive_float(self.tolerance, "tolerance"))
+        validate_bool(self.warm_start, "warm_start")
+        if self.warm_start and self.n_steps != "auto":
+            raise ValueError(f"`warm_start=True` needs n_steps='auto' (a fixed rule has no mesh to start from), got "
+                             f"n_steps={self.n_steps!r}")
         layer = self.layer
         if layer is not None and not isinstance(layer, str):
             raise TypeError(f"`layer` must be a submodule name such as 'embedding', got {type(layer).__name__}")

@@ -20,6 +20,7 @@ from ig_lightning.functional._hooks import tap_layers
 from ig_lightning.functional._inputs import make_baselines, model_output
 from ig_lightning.functional.integrated_gradients import IGResult, NonFiniteAttributionWarning, integrated_gradients
 from ig_lightning.monitor._isolation import eval_mode
+from ig_lightning.monitor.meshes import PathMeshes
 from ig_lightning.monitor.probe import LAYER_INPUT_KEYS, ModelInputs, Name
 
 OUTPUT_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -220,14 +221,15 @@ class Explainer:
         return base_outputs
 
     def attribute(self, trainer: Any, model: nn.Module, inputs: ModelInputs, targets: torch.Tensor | None,
-                  **engine_kwargs: Any) -> IGResult:
+                  meshes: PathMeshes | None = None, **engine_kwargs: Any) -> IGResult:
         """IG on this process's shard of the probe, gathered from every process in probe order, on CPU.
 
         The attributions are a Tensor for one attributed input, a tuple for several.
 
         Every process computes the same number of examples (repeating its last one as padding), so that
         ``all_gather`` sees equal shapes and every process runs the same forward passes; the padding is
-        dropped after the gather.
+        dropped after the gather. With ``meshes`` (``n_steps="auto"``), every group starts from its rows' meshes
+        of the last check and leaves its own for the next.
         """
         world, rank = trainer.world_size, trainer.global_rank
         if world > 1 and engine_kwargs.get("n_steps") == "auto":
@@ -236,8 +238,10 @@ class Explainer:
         per_rank = math.ceil(n / world)
         idx = torch.arange(rank * per_rank, (rank + 1) * per_rank).clamp_max(n - 1)
         group = engine_kwargs.get("internal_batch_size") or per_rank
-        parts = [self._attribute_group(model, inputs, targets, idx[k:k + group], engine_kwargs)
+        parts = [self._attribute_group(model, inputs, targets, idx[k:k + group], engine_kwargs, meshes)
                  for k in range(0, per_rank, group)]
+        if meshes is not None:
+            meshes.share(trainer)
         result = parts[0] if len(parts) == 1 else _concatenate(parts)
         if world > 1:
             gather = lambda t: _gather(trainer, t, n)  # noqa: E731
@@ -245,11 +249,11 @@ class Explainer:
             attributions = tuple(map(gather, attributions)) if isinstance(attributions, tuple) else gather(attributions)
             result = IGResult(attributions, gather(result.delta),
                               gather(result.completeness_error), gather(result.n_steps), gather(result.n_evaluations),
-                              gather(result.attribution_error))
+                              gather(result.attribution_error), result.rounds)
         return result.to("cpu")
 
     def _attribute_group(self, model: nn.Module, inputs: ModelInputs, targets: torch.Tensor | None,
-                         idx: torch.Tensor, engine_kwargs: dict[str, Any]) -> IGResult:
+                         idx: torch.Tensor, engine_kwargs: dict[str, Any], meshes: PathMeshes | None) -> IGResult:
         """IG on the probe examples ``idx``; a group holds at most as many examples as a forward holds points,
         so the per-example buffers of a check stay as small as a training batch."""
         shard = inputs.map(lambda t: on_model(model, t[idx]))
@@ -261,7 +265,10 @@ class Explainer:
                 self.forward(model, shard), attributed if len(attributed) > 1 else attributed[0],
                 additional_forward_args=others, target=None if targets is None else targets[idx].to(device),
                 baselines=self.baselines_for(device, idx), layer=self.layer, **engine_kwargs,
+                **({} if meshes is None else {"warm_start": meshes.start_for(idx, engine_kwargs["max_steps"])}),
             )
+        if meshes is not None:
+            meshes.update(idx, result.warm_start)
         # Non-finite attributions are a breach (the monitor's message); the rest is said once per run.
         self.notes.extend(str(w.message) for w in caught if not issubclass(w.category, NonFiniteAttributionWarning))
         return result
@@ -363,7 +370,8 @@ def _concatenate(parts: list[IGResult]) -> IGResult:
     else:
         attributions = torch.cat([p.attributions for p in parts])
     fields = ("delta", "completeness_error", "n_steps", "n_evaluations", "attribution_error")
-    return IGResult(attributions, *(torch.cat([getattr(p, f) for p in parts]) for f in fields))
+    return IGResult(attributions, *(torch.cat([getattr(p, f) for p in parts]) for f in fields),
+                    sum(p.rounds for p in parts))
 
 
 def _gather(trainer: Any, t: torch.Tensor, n: int) -> torch.Tensor:

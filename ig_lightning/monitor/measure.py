@@ -30,6 +30,7 @@ def measure(config: MonitorConfig, names: MetricNames, result: IGResult, relativ
     }
     if config.n_steps == "auto":
         metrics[names["n_steps_mean"]] = float(result.n_steps.double().mean())
+        metrics[names["rounds"]] = float(result.rounds)
         estimate = result.attribution_error.double()[ok]
         if bool(torch.isfinite(estimate).any()):
             metrics[names["attribution_error"]] = float(estimate.nanmean())
