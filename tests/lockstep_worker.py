@@ -1,7 +1,7 @@
 """Run by tests/functional/test_auto.py as `python tests/lockstep_worker.py OUT_DIR`: 2 CPU processes (gloo) in lockstep.
 
 Rank 0 explains easy examples (near the baseline, few rounds), rank 1 hard ones (far out on a ReLU network, and
-one example more); ``sync`` is an all_reduce(MAX). Every rank saves its forward count, the points of each
+one example more); ``sync`` is an all_reduce(MAX). A cold call, then a warm-started one on a slightly moved model. Every rank saves its forward count, the points of each
 gradient call, and its results with and without ``sync``. Also holds the stand-in path and the small model that
 tests/functional/test_auto.py uses: this file imports only torch, so the spawned processes start fast.
 """
@@ -63,13 +63,17 @@ def work(rank: int, out: str) -> None:
         g = torch.Generator().manual_seed(rank)
         x = torch.randn(4 + rank, 6, dtype=torch.float64, generator=g) * (0.05 if rank == 0 else 3.0)
         saved = {"synced": [], "alone": [], "forwards": [], "points": [], "alone_rounds": []}
-        for method in ("gausslegendre", "riemann_middle"):
+        # A cold call, then a warm one on a slightly moved model from the cold call's meshes (the next check).
+        warm = {"synced": None, "alone": None}
+        for model in (f, mlp(torch.nn.ReLU, scale=4.2)):
             results = {}
             for key, s in (("synced", sync), ("alone", None)):
-                path = CountingPath(f, torch.zeros_like(x), x, batch=7)
+                path = CountingPath(model, torch.zeros_like(x), x, batch=7)
                 with torch.no_grad():
-                    delta = f(x) - f(torch.zeros_like(x))
-                res = integrate_auto(path, delta, tolerance=1e-3, max_steps=512, delta_floor=1e-3, sync=s)
+                    delta = model(x) - model(torch.zeros_like(x))
+                res = integrate_auto(path, delta, tolerance=1e-3, max_steps=512, delta_floor=1e-3, sync=s,
+                                     warm_start=warm[key])
+                warm[key] = res.warm_start
                 results[key] = [res.avg_grad, res.n_steps, res.n_evaluations, res.attribution_error]
                 if s is not None:
                     saved["forwards"].append(path.forwards)

@@ -17,7 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Leaves", "leaves_of", "prune", "sort_nodes", "split_indicators"]
+__all__ = ["Leaves", "leaves_of", "prune", "sort_nodes", "split_indicators", "trapezoid"]
+
+#: Temporaries of (intervals, D) are built this many elements at a time (bounded memory for large inputs).
+CHUNK_ELEMENTS = 2 ** 20
 
 
 def _keys(owner: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -91,22 +94,30 @@ def split_indicators(values: torch.Tensor, diff: torch.Tensor, leaves: Leaves) -
         diff: ``(n, D)`` the examples' ``x - x'``.
         leaves: The mesh's intervals.
     """
-    d = diff[leaves.owner]
-    ga, gm, gb = values[leaves.a], values[leaves.mid], values[leaves.b]
-    width = leaves.parent_width.to(values.dtype)
-    change = (d * (ga + gb - 2 * gm)).norm(dim=1) * width / 4
-    across_lo, across_hi = (d * (gm - ga)).norm(dim=1), (d * (gb - gm)).norm(dim=1)
-    both = torch.hypot(across_lo, across_hi)
-    mine = torch.where(leaves.lower, across_lo, across_hi)
-    share = torch.where(both == 0, torch.full_like(both, math.sqrt(0.5)), mine / both.clamp_min(1e-300))
-    return change * share
+    out = values.new_empty(len(leaves.owner))
+    step = max(1, CHUNK_ELEMENTS // max(values.shape[1], 1))  # (intervals, D) temporaries a chunk at a time
+    for s in range(0, len(out), step):
+        own, a, m, b = (t[s:s + step] for t in (leaves.owner, leaves.a, leaves.mid, leaves.b))
+        d, ga, gm, gb = diff[own], values[a], values[m], values[b]
+        change = (d * (ga + gb - 2 * gm)).norm(dim=1) * leaves.parent_width[s:s + step].to(values.dtype) / 4
+        across_lo, across_hi = (d * (gm - ga)).norm(dim=1), (d * (gb - gm)).norm(dim=1)
+        del d, ga, gm, gb
+        both = torch.hypot(across_lo, across_hi)
+        mine = torch.where(leaves.lower[s:s + step], across_lo, across_hi)
+        share = torch.where(both == 0, torch.full_like(both, math.sqrt(0.5)), mine / both.clamp_min(1e-300))
+        out[s:s + step] = change * share
+    return out
 
 
 def trapezoid(values: torch.Tensor, alpha: torch.Tensor, leaves: Leaves, n: int) -> torch.Tensor:
     """``(n, D)`` each example's trapezoid rule over its intervals."""
-    width = (alpha[leaves.right] - alpha[leaves.left]).to(values.dtype).unsqueeze(1)
     out = values.new_zeros((n, values.shape[1]))
-    return out.index_add_(0, leaves.owner, width / 2 * (values[leaves.left] + values[leaves.right]))
+    step = max(1, CHUNK_ELEMENTS // max(values.shape[1], 1))
+    for s in range(0, len(leaves.owner), step):
+        left, right = leaves.left[s:s + step], leaves.right[s:s + step]
+        width = (alpha[right] - alpha[left]).to(values.dtype).unsqueeze(1)
+        out.index_add_(0, leaves.owner[s:s + step], width / 2 * (values[left] + values[right]))
+    return out
 
 
 def prune(owner: torch.Tensor, alpha: torch.Tensor, passes: int = 1) -> torch.Tensor:

@@ -74,13 +74,16 @@ class StraightPaths:
 
     def gradients_at(self, idx: torch.Tensor, alphas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients ``(k, D)`` and outputs ``(k,)`` at ``start + alphas[j] * diff`` of example ``idx[j]``."""
-        grads, outputs = [], []
+        grads, outputs = None, []
         for sl in _chunks(len(idx), self.batch):
             i, a = idx[sl], alphas[sl].view(-1, 1)
             grad, out = self._grad(torch.addcmul(self.start[i], a, self.diff[i]), i, with_outputs=True)
-            grads.append(grad)
+            if grads is None:  # written in place chunk by chunk: no list of chunks and no copy by cat
+                grads = grad.new_empty((len(idx), *grad.shape[1:]))
+            grads[sl] = grad
+            del grad
             outputs.append(out)
-        return torch.cat(grads), torch.cat(outputs)
+        return grads, torch.cat(outputs)
 
     def _grad(self, points: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor | None = None,
               with_outputs: bool = False):

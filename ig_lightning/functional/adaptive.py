@@ -151,6 +151,9 @@ def integrate_auto(
         if not isinstance(warm_start, WarmStart):
             raise TypeError(f"`warm_start` must be a WarmStart (a result's `warm_start`), got {type(warm_start).__name__}")
         warm_start.validate(path.n)
+        biggest = int(warm_start.mesh_size().max()) if path.n else 0
+        if biggest > max_steps:
+            raise ValueError(f"`warm_start` has meshes of up to {biggest} nodes, more than max_steps={max_steps}")
     return _Bisection(path, delta, tolerance, max_steps, delta_floor, sync).run(warm_start)
 
 
@@ -207,8 +210,11 @@ class _Bisection:
         alpha = alpha.to(device=self.device, dtype=torch.float64)
         grads = self._evaluate(owner, alpha.clamp(self.eps, 1 - self.eps) if inside else alpha, total)
         end = self.used + len(grads)
-        if end > len(self.alpha):  # grow the pool, doubling it
-            size = max(2 * len(self.alpha), end, 16)
+        if self.used == 0:  # the first round's gradients are the pool: no copy
+            self.grads, self.alpha, self.owner, self.used = grads, alpha.clone(), owner.clone(), end
+            return torch.arange(end, device=self.device)
+        if end > len(self.alpha):  # grow the pool by half
+            size = max(len(self.alpha) * 3 // 2, end)
             for name in ("grads", "alpha", "owner"):
                 old = getattr(self, name)
                 grown = old.new_empty((size, *old.shape[1:]))
@@ -320,7 +326,12 @@ class _Bisection:
             take = order[spent <= budget[ex[order]]]
             if not len(take):
                 break
-            keep[pos[gone[take]]] = False
+            trial = keep.clone()
+            trial[pos[gone[take]]] = False
+            # Merging also moves the sum of the attributions: keep an example's merges only if it stays complete.
+            sub = trial.nonzero().flatten()
+            incomplete = self._incomplete(trapezoid(grads[sub], alpha[sub], leaves_of(own[sub], alpha[sub]), self.n))
+            keep = torch.where(incomplete[own], keep, trial)
         return WarmStart(own[keep], alpha[keep], self.n)
 
     def _choose(self, key: torch.Tensor, owner: torch.Tensor, total: torch.Tensor,

@@ -118,6 +118,8 @@ def class_top_features(
     if reduce not in REDUCTIONS:
         raise ValueError(f"`reduce` must be one of {REDUCTIONS}, got {reduce!r}")
 
+    if mask is None and key.stride(0) == 0:  # every row has the same keys (flat feature indices): pool per class
+        return _shared_keys_top(key[0], score, target, k, reduce)
     finite = (torch.isfinite(score) | ~m).all(1)  # unmasked scores all finite
     m = m & finite.unsqueeze(1)
     classes, kept = target.unsqueeze(1).expand_as(key)[m], key[m]
@@ -131,6 +133,25 @@ def class_top_features(
     if reduce == "mean":
         totals = totals / torch.bincount(inverse, minlength=pairs.shape[0]).double()
     return {c: _top_of_class(pairs, totals, c, k) for c in torch.unique(target[finite]).tolist()}
+
+
+def _shared_keys_top(row: torch.Tensor, score: torch.Tensor, target: torch.Tensor, k: int,
+                     reduce: str) -> dict[int, list[tuple[int, float]]]:
+    """:func:`class_top_features` when every example has the keys ``row`` ``(T,)``: per-class sums of the
+    scores, ``(classes, T)`` float64, built a few rows at a time (no ``(N, T)`` temporary)."""
+    finite = torch.isfinite(score).all(1)
+    classes, owner = torch.unique(target[finite], return_inverse=True)
+    rows = finite.nonzero().squeeze(1)
+    per_position = torch.zeros(len(classes), row.shape[0], dtype=torch.float64)
+    for s in range(0, len(rows), 8):
+        per_position.index_add_(0, owner[s:s + 8], score[rows[s:s + 8]].double())
+    keys, position_key = torch.unique(row, return_inverse=True)
+    totals = torch.zeros(len(classes), len(keys), dtype=torch.float64).index_add_(1, position_key, per_position)
+    if reduce == "mean":
+        occurrences = torch.bincount(position_key, minlength=len(keys)).double()
+        totals = totals / (torch.bincount(owner, minlength=len(classes)).double().view(-1, 1) * occurrences)
+    pairs = torch.stack([classes.repeat_interleave(len(keys)), keys.repeat(len(classes))], dim=1)
+    return {c: _top_of_class(pairs, totals.reshape(-1), c, k) for c in classes.tolist()}
 
 
 def _top_of_class(pairs: torch.Tensor, totals: torch.Tensor, c: int, k: int) -> list[tuple[int, float]]:

@@ -325,7 +325,9 @@ class IntegratedGradientsMonitor(Callback):
         self.color_scales.update(scores, finite)
         keys, mask = explainer.rule_keys(inputs, scores, self._kind)
         targets = None if self.targets is None or not bool(finite.any()) else self.targets[finite]
-        changes = self.rule_tracker.update(keys[finite], scores.reshape(len(scores), -1)[finite], targets,
+        # Flat feature indices are one row expanded: take as many rows of the view, not a (B, D) copy.
+        kept = keys[:int(finite.sum())] if keys.stride(0) == 0 else keys[finite]
+        changes = self.rule_tracker.update(kept, scores.reshape(len(scores), -1)[finite], targets,
                                            None if mask is None else mask[finite], trainer.current_epoch,
                                            trainer.global_step)
         rule_drops: dict[int, float] = {}
