@@ -10,7 +10,7 @@ net on random 3x64x64 images, training batch 32) it measures the extra memory ne
 - ``train step``: one training step (forward, cross-entropy, backward, Adam step, ``zero_grad``) at
   the training batch size, after a first, unmeasured step (so Adam's state already exists);
 - ``fixed 32``: one check of ``IntegratedGradientsMonitor(probe=P, n_steps=32)`` (32 Gauss-Legendre
-  points, points per forward chosen by the monitor: the training batch size);
+  points, points per forward chosen by the monitor: half the training batch size);
 - ``all at once``: the same check with ``internal_batch_size=P * 32``, the behaviour before issue 9
   (every path point of the probe in one forward/backward);
 - ``auto``: the check at the monitor's defaults (``n_steps="auto"``; leave out with ``--no-auto``).
@@ -25,8 +25,8 @@ needs to be subtracted.
 
 How peak memory is measured. Every measurement runs in its own fresh Python process (``--jobs`` of them
 at a time: memory is per process, so neighbours do not change it), after model and data setup and a
-warm-up of everything else (imports, Lightning's loops, a tiny check with a probe of 2
-and 4 points; for the training step, a first step). Then:
+warm-up of everything else (imports, Lightning's loops, a tiny check with a probe of 2 at the
+measured settings; for the training step, a first step). Then:
 
 - CPU: the kernel's peak-RSS mark is reset (``echo 5 > /proc/self/clear_refs``, Linux >= 4.0, which
   also resets ``getrusage(...).ru_maxrss``), the current RSS is the baseline, and the result is the
@@ -224,7 +224,9 @@ def measure_check(model: Any, loader: DataLoader, device: torch.device, meter: P
                           enable_model_summary=False, enable_checkpointing=False)
         trainer.validate(model, loader, verbose=False)
 
-    validate(IntegratedGradientsMonitor(probe=2, n_steps=4, internal_batch_size=2))  # warm-up
+    # Warm-up with the measured settings on a probe of 2: one-time costs (first calls, the heap's growth) are
+    # not the check's.
+    validate(IntegratedGradientsMonitor(probe=2, **{**settings, "internal_batch_size": 2}))
     monitor = MeteredMonitor(probe=probe, **settings)
     start = time.perf_counter()
     validate(monitor)

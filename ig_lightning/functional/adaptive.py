@@ -53,7 +53,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from ig_lightning.functional._mesh import Leaves, leaves_of, prune, sort_nodes, split_indicators, trapezoid
+from ig_lightning.functional._mesh import Leaves, _step, leaves_of, prune, sort_nodes, split_indicators, trapezoid
 from ig_lightning.functional.quadrature import AUTO_MIN_STEPS
 from ig_lightning.functional.warm import WarmStart
 
@@ -277,11 +277,14 @@ class _Bisection:
                 warm = self._next_start(torch.unique(torch.cat([left, right])))
                 return AutoResult(avg_grad, self.count.clone(), self.count.clone(), estimate.to(torch.float64),
                                   unconverged, self.rounds, warm)
-            grads = self.grads[new]
             width = (self.alpha[rgt] - self.alpha[lft]).to(self.dtype).unsqueeze(1)
-            # The interval's h/2 (ga + gb) becomes h/4 (ga + 2 gm + gb).
-            avg_grad.index_add_(0, ex, width / 2 * grads - width / 4 * (self.grads[lft] + self.grads[rgt]))
-            del grads
+            # The interval's h/2 (ga + gb) becomes h/4 (ga + 2 gm + gb), a chunk of intervals at a time.
+            step = _step(self.n, self.diff.shape[1])
+            for s in range(0, len(ex), step):
+                g, a, b, w = self.grads[new[s:s + step]], self.grads[lft[s:s + step]], self.grads[rgt[s:s + step]], \
+                    width[s:s + step]
+                avg_grad.index_add_(0, ex[s:s + step], w / 2 * g - w / 4 * (a + b))
+                del g, a, b
             k = len(ex)
             halves = Leaves(torch.cat([lft, new]), torch.cat([new, rgt]), ex.repeat(2), lft.repeat(2), new.repeat(2),
                             rgt.repeat(2), torch.arange(2 * k, device=self.device) < k, width.squeeze(1).repeat(2))

@@ -65,7 +65,7 @@ class IntegratedGradientsMonitor(Callback):
         n_steps: ``"auto"`` (refine each example until its estimated relative L2 error, logged as
             ``ig/attribution_error``, and its completeness error are within ``tolerance``) or a fixed number.
         method: The quadrature rule of a fixed ``n_steps`` (captum's names).
-        internal_batch_size: Most path points per forward/backward; ``None``: the training batch size (the
+        internal_batch_size: Most path points per forward/backward; ``None``: half the training batch (the
             validation one under ``trainer.validate``), so a check needs no more memory than a training step.
         tolerance: The accuracy target of ``n_steps="auto"``.
         max_steps: The most points per example with ``n_steps="auto"``.

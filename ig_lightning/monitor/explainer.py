@@ -255,7 +255,7 @@ class Explainer:
     def _attribute_group(self, model: nn.Module, inputs: ModelInputs, targets: torch.Tensor | None,
                          idx: torch.Tensor, engine_kwargs: dict[str, Any], meshes: PathMeshes | None) -> IGResult:
         """IG on the probe examples ``idx``; a group holds at most as many examples as a forward holds points,
-        so the per-example buffers of a check stay as small as a training batch."""
+        so the per-example buffers of a check stay as small as half a training batch."""
         shard = inputs.map(lambda t: on_model(model, t[idx]))
         attributed, others = self.split(shard)
         device = attributed[0].device

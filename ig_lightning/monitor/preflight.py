@@ -118,14 +118,16 @@ def batch_size_of(loader: Any) -> int | None:
 
 
 def points_per_forward(trainer: Trainer, override: int | None, probe_size: int) -> int:
-    """Path points per forward/backward: ``override``, else the training batch size (validation's under
-    ``trainer.validate``), so that a check needs no more memory than a training step."""
+    """Path points per forward/backward: ``override``, else half the training batch size (validation's under
+    ``trainer.validate``), so that a check needs no more memory than a training step: a forward/backward for input
+    gradients at a whole training batch already holds about as much as the training step (its activations, the
+    points and their gradients), and the check's buffers come on top (``benchmarks/bench_memory.py``)."""
     if override is not None:
         return override
     loaders = [getattr(trainer.fit_loop, "_combined_loader", None)] if trainer.state.fn == "fit" else []
     sizes = [batch_size_of(getattr(cl, "iterables", None)) for cl in loaders if cl is not None]
     sizes.append(batch_size_of(trainer.val_dataloaders))
-    return next((s for s in sizes if s), probe_size)
+    return max(1, next((s for s in sizes if s), probe_size) // 2)
 
 
 def resolve_baseline(config: MonitorConfig, probe: Probe) -> Any:

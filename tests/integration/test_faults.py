@@ -273,8 +273,9 @@ class CountsPoints(Net):
         return super().forward(x)
 
 
-@pytest.mark.parametrize(("internal_batch_size", "train_batch", "expected"), [(None, 4, 4), (None, 6, 6), (16, 4, 16)])
-def test_points_per_forward_default_to_the_training_batch_size(tmp_path, internal_batch_size, train_batch, expected):
+@pytest.mark.parametrize(("internal_batch_size", "train_batch", "expected"),
+                         [(None, 4, 2), (None, 6, 3), (None, 1, 1), (16, 4, 16)])
+def test_points_per_forward_default_to_half_the_training_batch_size(tmp_path, internal_batch_size, train_batch, expected):
     monitor = IntegratedGradientsMonitor(probe=8, n_steps=8, internal_batch_size=internal_batch_size)
     model = CountsPoints()
     torch.manual_seed(0)
@@ -284,11 +285,11 @@ def test_points_per_forward_default_to_the_training_batch_size(tmp_path, interna
     assert max(model.sizes) == expected and sum(model.sizes) == 8 * 8
 
 
-def test_points_per_forward_under_validate_default_to_the_validation_batch_size(tmp_path):
+def test_points_per_forward_under_validate_default_to_half_the_validation_batch_size(tmp_path):
     monitor = IntegratedGradientsMonitor(probe=8, n_steps=8)
     model = CountsPoints()
     make_trainer(tmp_path, [monitor]).validate(model, DataLoader(dataset("tabular"), batch_size=6), verbose=False)
-    assert max(model.sizes) == 6 and sum(model.sizes) == 8 * 8
+    assert max(model.sizes) == 3 and sum(model.sizes) == 8 * 8
 
 
 # --- divergence: NaN / inf in outputs, gradients, probe inputs ----------------------------------------------
