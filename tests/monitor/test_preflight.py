@@ -207,8 +207,10 @@ def test_points_per_forward():
     data = TensorDataset(torch.zeros(10, 2))
     train, val = DataLoader(data, batch_size=5), DataLoader(data, batch_size=3)
     assert points_per_forward(fake_trainer("fit", train, val), 7, 4) == 7  # internal_batch_size wins
-    assert points_per_forward(fake_trainer("fit", train, val), None, 4) == 5  # the training batch
-    assert points_per_forward(fake_trainer("validate", train, val), None, 4) == 3  # validation's under validate
-    assert points_per_forward(fake_trainer("fit", None, val), None, 4) == 3
-    assert points_per_forward(fake_trainer("fit", None, None), None, 4) == 4  # the probe's size
+    assert points_per_forward(fake_trainer("fit", train, val), None, 4) == 2  # half the training batch
+    assert points_per_forward(fake_trainer("validate", train, val), None, 4) == 1  # validation's under validate
+    assert points_per_forward(fake_trainer("fit", None, val), None, 4) == 1
+    assert points_per_forward(fake_trainer("fit", None, None), None, 4) == 2  # the probe's size
+    one = DataLoader(data, batch_size=1)
+    assert points_per_forward(fake_trainer("fit", one, val), None, 4) == 1  # never 0
 
