@@ -21,6 +21,27 @@ def main(mode: str, out: str) -> None:
         torch.save({"attributions": monitor.last_result.attributions, "targets": monitor.targets,
                     "indices": monitor.probe.indices}, f"{out}/multilabel_rank{t.global_rank}.pt")
         return
+    if mode == "warm":  # warm_start=True: meshes shared by the ranks, rounds in lockstep, next to a cold monitor
+        from conftest import Net, data_loaders, trainer
+
+        torch.manual_seed(0)
+        common = dict(probe=8, tolerance=1e-3, log_images=False, deletion_check=False)
+        cold = IntegratedGradientsMonitor(name="cold", **common)
+        warm = IntegratedGradientsMonitor(name="warm", warm_start=True, **common)
+        seen = []
+        from lightning.pytorch import Callback
+
+        class Record(Callback):  # after both monitors: Lightning calls the callbacks in order
+            def on_validation_epoch_end(self, trainer, pl_module):
+                seen.append({"cold": cold.last_result.rounds, "warm": warm.last_result.rounds,
+                             "cold_attr": cold.last_result.attributions, "warm_attr": warm.last_result.attributions})
+
+        t = trainer(out, [cold, warm, Record()], strategy="ddp", devices=2, accelerator="cpu", max_epochs=3,
+                    num_sanity_val_steps=0)
+        t.fit(Net(), *data_loaders())
+        torch.save({"seen": seen, "meshes": warm.meshes.meshes, "state": warm.state_dict()["meshes"]},
+                   f"{out}/warm_rank{t.global_rank}.pt")
+        return
     on_breach = "stop" if mode == "stop" else "warn"
     monitor = IntegratedGradientsMonitor(probe=8, n_steps=8, drift_threshold="auto", on_breach=on_breach)
     t, recorder = fit_with_change(out, monitor, epochs=7, change_at=5, strategy="ddp", devices=2, accelerator="cpu")

@@ -1,5 +1,5 @@
-"""The calibrated alarm under DDP: every rank calibrates on the same gathered drift, takes the same stratified
-probe, and stops at the same check."""
+"""The calibrated alarm and warm starts under DDP: every rank calibrates on the same gathered drift, takes the same
+stratified probe, stops at the same check, and holds every row's warm-start mesh."""
 
 import os
 import subprocess
@@ -26,6 +26,22 @@ def test_every_rank_calibrates_alike_and_stops_at_the_same_check(tmp_path):
     assert ranks[0]["ratios"] == ranks[1]["ratios"] and ranks[0]["ratios"][-1] > 5
     assert ranks[0]["indices"] == ranks[1]["indices"] and len(ranks[0]["indices"]) == 8
     assert ranks[0]["history"] == ranks[1]["history"]
+
+
+def test_warm_starts_share_their_meshes_and_keep_the_ranks_in_lockstep(tmp_path):
+    run_worker("warm", tmp_path)
+    ranks = [torch.load(tmp_path / f"warm_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert sorted(ranks[0]["meshes"]) == sorted(ranks[1]["meshes"]) == list(range(8))  # every row, on both
+    for row, mesh in ranks[0]["meshes"].items():
+        assert torch.equal(mesh, ranks[1]["meshes"][row]) and torch.equal(mesh, ranks[0]["state"][row])
+    seen = [r["seen"] for r in ranks]
+    assert len(seen[0]) == len(seen[1]) == 3
+    for a, b in zip(*seen):  # the same rounds on both ranks (every round is a collective) and the same results
+        assert a["cold"] == b["cold"] and a["warm"] == b["warm"]
+        torch.testing.assert_close(a["warm_attr"], b["warm_attr"])
+        scale = float(a["cold_attr"].abs().max())
+        torch.testing.assert_close(a["warm_attr"], a["cold_attr"], atol=3e-3 * scale, rtol=0)
+    assert sum(s["warm"] for s in seen[0][1:]) < sum(s["cold"] for s in seen[0][1:])
 
 
 def test_multi_label_pairs_are_sharded_like_examples(tmp_path):
