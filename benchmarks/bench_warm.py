@@ -134,10 +134,11 @@ def table(name: str, checks: int, probe: int) -> dict[str, float]:
         start = time.perf_counter()
         cold = explain(snapshot, "auto", **kw)
         mid = time.perf_counter()
-        warm = explain(snapshot, "auto", warm_start=warm_start, **kw)
+        warm = explain(snapshot, "auto", warm_start=warm_start or True, **kw)
         end = time.perf_counter()
         warm_start = warm.warm_start
-        row = dict(cold_evals=float(cold.n_evaluations.double().mean()), warm_evals=float(warm.n_evaluations.double().mean()),
+        row = dict(cold_evals=float(cold.n_evaluations.double().mean()),
+                   warm_evals=float(warm.n_evaluations.double().mean()),
                    cold_rounds=cold.rounds, warm_rounds=warm.rounds, cold_acc=within(cold, reference),
                    warm_acc=within(warm, reference), cold_s=mid - start, warm_s=end - mid)
         rows.append(row)

@@ -1,7 +1,8 @@
 """Run by tests/functional/test_auto.py as `python tests/lockstep_worker.py OUT_DIR`: 2 CPU processes (gloo) in lockstep.
 
 Rank 0 explains easy examples (near the baseline, few rounds), rank 1 hard ones (far out on a ReLU network, and
-one example more); ``sync`` is an all_reduce(MAX). A cold call, then a warm-started one on a slightly moved model. Every rank saves its forward count, the points of each
+one example more); ``sync`` is an all_reduce(MAX). A cold call, then a warm-started one on a slightly moved
+model. Every rank saves its forward count, the points of each
 gradient call, and its results with and without ``sync``. Also holds the stand-in path and the small model that
 tests/functional/test_auto.py uses: this file imports only torch, so the spawned processes start fast.
 """
@@ -72,7 +73,7 @@ def work(rank: int, out: str) -> None:
                 with torch.no_grad():
                     delta = model(x) - model(torch.zeros_like(x))
                 res = integrate_auto(path, delta, tolerance=1e-3, max_steps=512, delta_floor=1e-3, sync=s,
-                                     warm_start=warm[key])
+                                     warm_start=warm[key] or True)
                 warm[key] = res.warm_start
                 results[key] = [res.avg_grad, res.n_steps, res.n_evaluations, res.attribution_error]
                 if s is not None:

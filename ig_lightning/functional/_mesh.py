@@ -17,14 +17,15 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Leaves", "leaves_of", "prune", "sort_nodes", "split_indicators", "trapezoid"]
+__all__ = ["Leaves", "chunk_rows", "leaves_of", "prune", "sort_nodes", "split_indicators", "trapezoid"]
 
 #: Temporaries of (intervals, D) are built for at most this many elements, or one interval per example, at a time:
 #: never much more than the (examples, D) buffers the engine holds anyway.
 CHUNK_ELEMENTS = 2 ** 16
 
 
-def _step(rows: int, features: int) -> int:
+def chunk_rows(rows: int, features: int) -> int:
+    """How many intervals' ``(D,)`` temporaries to build at once (see :data:`CHUNK_ELEMENTS`)."""
     return max(1, rows, CHUNK_ELEMENTS // max(features, 1))
 
 
@@ -100,7 +101,7 @@ def split_indicators(values: torch.Tensor, diff: torch.Tensor, leaves: Leaves) -
         leaves: The mesh's intervals.
     """
     out = values.new_empty(len(leaves.owner))
-    step = _step(len(diff), values.shape[1])  # (intervals, D) temporaries a chunk at a time
+    step = chunk_rows(len(diff), values.shape[1])  # (intervals, D) temporaries a chunk at a time
     for s in range(0, len(out), step):
         own, a, m, b = (t[s:s + step] for t in (leaves.owner, leaves.a, leaves.mid, leaves.b))
         d, ga, gm, gb = diff[own], values[a], values[m], values[b]
@@ -117,7 +118,7 @@ def split_indicators(values: torch.Tensor, diff: torch.Tensor, leaves: Leaves) -
 def trapezoid(values: torch.Tensor, alpha: torch.Tensor, leaves: Leaves, n: int) -> torch.Tensor:
     """``(n, D)`` each example's trapezoid rule over its intervals."""
     out = values.new_zeros((n, values.shape[1]))
-    step = _step(n, values.shape[1])
+    step = chunk_rows(n, values.shape[1])
     for s in range(0, len(leaves.owner), step):
         left, right = leaves.left[s:s + step], leaves.right[s:s + step]
         width = (alpha[right] - alpha[left]).to(values.dtype).unsqueeze(1)

@@ -47,13 +47,12 @@ Example::
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
 
-from ig_lightning.functional._mesh import Leaves, _step, leaves_of, prune, sort_nodes, split_indicators, trapezoid
+from ig_lightning.functional._mesh import Leaves, chunk_rows, leaves_of, prune, sort_nodes, split_indicators, trapezoid
 from ig_lightning.functional.quadrature import AUTO_MIN_STEPS
 from ig_lightning.functional.warm import WarmStart
 
@@ -101,7 +100,8 @@ class AutoResult:
             exact integral; NaN where the gradients were not finite.
         unconverged: Examples that hit ``max_steps`` without reaching ``tolerance``.
         rounds: Batched rounds of evaluations (each one call of the model per chunk, and one sync).
-        warm_start: What the next call on (nearly) the same model can start from (see :mod:`.warm`).
+        warm_start: What the next call on (nearly) the same model can start from (see :mod:`.warm`); ``None``
+            unless the call was given ``warm_start``.
     """
 
     avg_grad: torch.Tensor
@@ -121,7 +121,7 @@ def integrate_auto(
     max_steps: int,
     delta_floor: float,
     sync: Callable[[int], int] | None = None,
-    warm_start: WarmStart | None = None,
+    warm_start: WarmStart | bool | None = None,
 ) -> AutoResult:
     """Integrate every example's gradient along its path until its estimated relative L2 error is within tolerance.
 
@@ -135,7 +135,8 @@ def integrate_auto(
         sync: ``sync(k)`` returns the largest ``k`` over the processes; every round then evaluates that many
             points on every process. ``None`` for one process.
         warm_start: The ``warm_start`` of an earlier result on the same examples: its meshes are evaluated first,
-            in one round (see :mod:`ig_lightning.functional.warm`). ``None``: a cold start.
+            in one round (see :mod:`ig_lightning.functional.warm`). ``True``: a cold start that leaves a warm start
+            for the next call in the result. ``None``/``False``: a cold start, and none.
 
     Returns:
         An :class:`AutoResult`.
@@ -147,14 +148,17 @@ def integrate_auto(
     """
     if max_steps < AUTO_MIN_STEPS:
         raise ValueError(f"`max_steps` must be >= {AUTO_MIN_STEPS} for n_steps='auto', got {max_steps}")
-    if warm_start is not None:
+    if warm_start is not None and not isinstance(warm_start, bool):
         if not isinstance(warm_start, WarmStart):
-            raise TypeError(f"`warm_start` must be a WarmStart (a result's `warm_start`), got {type(warm_start).__name__}")
+            raise TypeError(f"`warm_start` must be a WarmStart (a result's `warm_start`), True, False or None, got "
+                            f"{type(warm_start).__name__}")
         warm_start.validate(path.n)
         biggest = int(warm_start.mesh_size().max()) if path.n else 0
         if biggest > max_steps:
             raise ValueError(f"`warm_start` has meshes of up to {biggest} nodes, more than max_steps={max_steps}")
-    return _Bisection(path, delta, tolerance, max_steps, delta_floor, sync).run(warm_start)
+    bisection = _Bisection(path, delta, tolerance, max_steps, delta_floor, sync)
+    bisection.keep_mesh = warm_start is not None and warm_start is not False
+    return bisection.run(warm_start if isinstance(warm_start, WarmStart) else None)
 
 
 class _Bisection:
@@ -168,7 +172,7 @@ class _Bisection:
         self.delta = delta.to(device=self.device, dtype=self.dtype)
         self.count = torch.zeros(self.n, dtype=torch.long, device=self.device)
         self.dead = torch.zeros(self.n, dtype=torch.bool, device=self.device)  # non-finite gradients seen
-        self.rounds = 0
+        self.rounds, self.keep_mesh = 0, False
         # The ends of the path, a hair inside: a tied baseline's gradient stands for none of its neighbours.
         self.eps = max(2.0 ** -12, 4 * torch.finfo(self.dtype).eps)
         # Every node evaluated: its gradient, its alpha (float64, exact) and its example.
@@ -274,12 +278,12 @@ class _Bisection:
             if new is None:
                 missed = (estimate > self.tolerance) | self._incomplete(avg_grad)
                 unconverged = int((missed & ~self.dead).sum())
-                warm = self._next_start(torch.unique(torch.cat([left, right])))
+                warm = self._next_start(torch.unique(torch.cat([left, right]))) if self.keep_mesh else None
                 return AutoResult(avg_grad, self.count.clone(), self.count.clone(), estimate.to(torch.float64),
                                   unconverged, self.rounds, warm)
             width = (self.alpha[rgt] - self.alpha[lft]).to(self.dtype).unsqueeze(1)
             # The interval's h/2 (ga + gb) becomes h/4 (ga + 2 gm + gb), a chunk of intervals at a time.
-            step = _step(self.n, self.diff.shape[1])
+            step = chunk_rows(self.n, self.diff.shape[1])
             for s in range(0, len(ex), step):
                 g, a, b, w = self.grads[new[s:s + step]], self.grads[lft[s:s + step]], self.grads[rgt[s:s + step]], \
                     width[s:s + step]

@@ -75,8 +75,8 @@ class IGResult:
             integral, ``(B,)`` float64; NaN where no estimate was made (fixed ``n_steps``).
         rounds: With ``n_steps="auto"``: batched rounds of evaluations (each a pass over the points' chunks,
             and under several processes one sync); 0 for a fixed rule.
-        warm_start: With ``n_steps="auto"``: what a later call on the same examples can start from (pass it as
-            ``warm_start=``; see :mod:`ig_lightning.functional.warm`); ``None`` for a fixed rule.
+        warm_start: With ``n_steps="auto"`` and ``warm_start`` given: what a later call on the same examples can
+            start from (pass it as ``warm_start=``; see :mod:`ig_lightning.functional.warm`); else ``None``.
     """
 
     attributions: Attributions
@@ -122,7 +122,7 @@ def integrated_gradients(
     max_steps: int = 512,
     delta_floor: float = 1e-3,
     sync: Callable[[int], int] | None = None,
-    warm_start: WarmStart | None = None,
+    warm_start: WarmStart | bool | None = None,
 ) -> IGResult:
     """Integrated Gradients of ``forward_func`` at ``inputs`` relative to ``baselines``.
 
@@ -167,9 +167,9 @@ def integrated_gradients(
             the processes, so that every process runs as many forward passes as the others (sharded
             strategies need it). ``None`` for one process.
         warm_start: With ``n_steps="auto"``: the ``warm_start`` of an earlier result on the same examples (the
-            same path and features; the model may have changed): the call evaluates what that one learnt first,
-            in one round, and refines only where the estimate says so (:mod:`ig_lightning.functional.warm`).
-            The error target and its estimate are those of a cold call.
+            model may have changed): the call evaluates the meshes that one left first, in one round, and refines
+            only where the estimate says so (:mod:`ig_lightning.functional.warm`); the error target and its
+            estimate are those of a cold call. ``True``: start cold and leave a ``warm_start`` in the result.
 
     Returns:
         An :class:`IGResult`; its tensors are on the inputs' device.
@@ -220,10 +220,10 @@ def integrated_gradients(
         raise TypeError(f"`grad_kwargs` must be a dict, got {type(grad_kwargs).__name__}")
     if sync is not None and not callable(sync):
         raise TypeError(f"`sync` must be callable, got {type(sync).__name__}")
-    if warm_start is not None and not isinstance(warm_start, WarmStart):
-        raise TypeError(f"`warm_start` must be a WarmStart (an earlier result's `warm_start`) or None, got "
-                        f"{type(warm_start).__name__}")
-    if warm_start is not None and not auto:
+    if warm_start is not None and not isinstance(warm_start, (WarmStart, bool)):
+        raise TypeError(f"`warm_start` must be a WarmStart (an earlier result's `warm_start`), True, False or None, "
+                        f"got {type(warm_start).__name__}")
+    if warm_start is not None and warm_start is not False and not auto:
         raise ValueError(f"`warm_start` needs n_steps='auto', got n_steps={n_steps!r}")
     target_t = validate_target(target, items[0].shape[0])
     if auto:
@@ -263,7 +263,7 @@ def _integrated_gradients(
     max_steps: int,
     delta_floor: float,
     sync: Callable[[int], int] | None,
-    warm_start: WarmStart | None,
+    warm_start: WarmStart | bool | None,
 ) -> IGResult:
     """The computation of :func:`integrated_gradients`, on checked arguments."""
     n = items[0].shape[0]
@@ -323,7 +323,7 @@ def _reachable_tolerance(tolerance: float, device: torch.device, dtype: torch.dt
 
 def _refine(
     path: StraightPaths, delta: torch.Tensor, tolerance: float, max_steps: int, delta_floor: float,
-    sync: Callable[[int], int] | None, warm_start: WarmStart | None,
+    sync: Callable[[int], int] | None, warm_start: WarmStart | bool | None,
 ) -> AutoResult:
     """Refine each example until its attributions are within tolerance (or ``max_steps`` is reached)."""
     res = integrate_auto(path, delta, tolerance=tolerance, max_steps=max_steps, delta_floor=delta_floor,

@@ -20,7 +20,7 @@ Example::
     <...>
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1)).double()
     >>> x = torch.randn(8, 4, dtype=torch.float64)
-    >>> cold = integrated_gradients(model, x, n_steps="auto", tolerance=1e-3)
+    >>> cold = integrated_gradients(model, x, n_steps="auto", tolerance=1e-3, warm_start=True)
     >>> warm = integrated_gradients(model, x, n_steps="auto", tolerance=1e-3, warm_start=cold.warm_start)
     >>> warm.rounds < cold.rounds, bool((warm.attribution_error <= 1e-3).all())
     (True, True)

@@ -28,7 +28,7 @@ from ig_lightning.monitor.explainer import Explainer
 from ig_lightning.monitor.faithfulness import deletion_check
 from ig_lightning.monitor.policy import AttributionDriftError, BreachPolicy, find_faults
 from ig_lightning.monitor.targets import resolve_targets
-from ig_lightning.monitor.measure import alarm_limits, measure
+from ig_lightning.monitor.measure import alarm_limits, log_scalars, measure
 from ig_lightning.monitor.meshes import PathMeshes
 from ig_lightning.monitor.probe import ModelInputs, Probe, Unpack
 from ig_lightning.monitor.tracking import ColorScales, DriftHistory, DriftReferences, RuleTracker
@@ -69,8 +69,8 @@ class IntegratedGradientsMonitor(Callback):
             validation one under ``trainer.validate``), so a check needs no more memory than a training step.
         tolerance: The accuracy target of ``n_steps="auto"``.
         max_steps: The most points per example with ``n_steps="auto"``.
-        warm_start: With ``n_steps="auto"``, start every example's path where the last check's mesh ended (fewer
-            batched rounds per check, the same error target; :mod:`ig_lightning.functional.warm`).
+        warm_start: With ``"auto"``, start each example's path from the last check's mesh (fewer rounds, the same
+            error target; :mod:`ig_lightning.functional.warm`).
         layer: A submodule's name (``named_modules()``, e.g. ``"model.bert.embeddings.word_embeddings"``) to
             attribute at its output; a convolution's or patch embedding's output is drawn as a map over the image.
         attribute: The input(s) to attribute (names of a dict batch, or positions). ``None``: every floating
@@ -90,8 +90,7 @@ class IntegratedGradientsMonitor(Callback):
             ``"probe"``: the mean (``ig/drift``). ``None``: ``"class"`` with ``"auto"``, else ``"probe"``.
         completeness_threshold: Breach when the worst relative completeness error exceeds it.
         attribution_error_threshold: Breach when ``ig/attribution_error_max`` exceeds it.
-        region: A bool mask over one example's scores: logs ``ig/region_mass``, the share of ``|attribution|``
-            inside it.
+        region: A bool mask over one example's scores: logs ``ig/region_mass``, the share of ``|attribution|`` in it.
         region_threshold: Breach when ``ig/region_mass`` exceeds it (e.g. a model reading a watermark).
         warmup: First checks whose threshold breaches are ignored; NaN/inf always breach.
         patience: Breaching checks before acting, among the last ``patience_window`` checks.
@@ -199,9 +198,8 @@ class IntegratedGradientsMonitor(Callback):
         self._explainer: Explainer | None = None
         self._reporter: Reporter | None = None
         self._loggers: list[Any] = []
-        self._batch: int | None = None
+        self._batch, self._kind = None, None
         self._model_ref: Callable[[], Any] | None = None
-        self._kind: str | None = None
 
     def __getattr__(self, name: str) -> Any:
         """The arguments, read as plain attributes (``monitor.n_steps``), as Lightning's callbacks have them."""
@@ -325,8 +323,7 @@ class IntegratedGradientsMonitor(Callback):
         self.color_scales.update(scores, finite)
         keys, mask = explainer.rule_keys(inputs, scores, self._kind)
         targets = None if self.targets is None or not bool(finite.any()) else self.targets[finite]
-        # Flat feature indices are one row expanded: take as many rows of the view, not a (B, D) copy.
-        kept = keys[:int(finite.sum())] if keys.stride(0) == 0 else keys[finite]
+        kept = keys[:int(finite.sum())] if keys.stride(0) == 0 else keys[finite]  # one row expanded: no (B, D) copy
         changes = self.rule_tracker.update(kept, scores.reshape(len(scores), -1)[finite], targets,
                                            None if mask is None else mask[finite], trainer.current_epoch,
                                            trainer.global_step)
@@ -335,7 +332,7 @@ class IntegratedGradientsMonitor(Callback):
             found, rule_drops = deletion_check(explainer, pl_module, inputs, scores, self.targets, keys, mask,
                                                self.rules, config.top_k, self._batch, seed=self.checks)
             metrics.update({self.names[k]: v for k, v in found.items()})
-        self._log_scalars(trainer, pl_module, metrics)
+        log_scalars(trainer, pl_module, metrics)
         self.checks += 1
         self.last_result, self.last_metrics = result, metrics
         predictions = None if self.targets is None else explainer.outputs(pl_module, inputs, self._batch)[0].argmax(-1)
@@ -368,12 +365,6 @@ class IntegratedGradientsMonitor(Callback):
                 n_steps=config.n_steps, method=config.method,
                 internal_batch_size=self._batch, tolerance=config.tolerance, max_steps=config.max_steps,
                 delta_floor=DELTA_FLOOR)
-
-    def _log_scalars(self, trainer: Trainer, pl_module: LightningModule, metrics: dict[str, float]) -> None:
-        for name, value in metrics.items():
-            # Same value on every rank (the attributions are gathered): syncing only keeps Lightning quiet.
-            pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=trainer.world_size > 1,
-                          batch_size=1)
 
     # --- checkpoint ---------------------------------------------------------------------------------
 

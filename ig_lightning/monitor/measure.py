@@ -1,10 +1,12 @@
-"""The scalars of one check, from its attributions and the state kept between checks (no logging here).
+"""The scalars of one check, from its attributions and the state kept between checks, and how they reach Lightning.
 
 Every scalar is computed over the probe examples whose attributions are finite; drift only over the examples
 that are finite now and at the reference check. Names come from :class:`~ig_lightning.monitor.config.MetricNames`.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -90,3 +92,10 @@ def region_mass(scores: torch.Tensor, region: torch.Tensor) -> float:
     mass = scores.abs().reshape(len(scores), -1)
     inside = region.expand(scores.shape[1:]).reshape(-1)
     return float((mass[:, inside].sum(1) / mass.sum(1).clamp_min(1e-30)).mean())
+
+
+def log_scalars(trainer: Any, pl_module: Any, metrics: dict[str, float]) -> None:
+    """Every scalar through ``pl_module.log`` (so ``EarlyStopping`` and every logger see it), per epoch."""
+    for name, value in metrics.items():
+        # Same value on every rank (the attributions are gathered): syncing only keeps Lightning quiet.
+        pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=trainer.world_size > 1, batch_size=1)

@@ -38,14 +38,14 @@ class PathMeshes:
     def __len__(self) -> int:
         return len(self.meshes)
 
-    def start_for(self, idx: torch.Tensor, max_steps: int) -> WarmStart | None:
-        """The warm start of the probe rows ``idx`` (the grid for rows without a usable mesh); ``None`` when no row
-        has one (a cold call)."""
+    def start_for(self, idx: torch.Tensor, max_steps: int) -> WarmStart | bool:
+        """The warm start of the probe rows ``idx`` (the grid for rows without a usable mesh); ``True`` when no row
+        has one (a cold call that leaves meshes)."""
         rows = [int(i) for i in idx]
         meshes = [self.meshes.get(i) for i in rows]
         meshes = [m if m is not None and len(m) <= max_steps else None for m in meshes]
         if all(m is None for m in meshes):
-            return None
+            return True
         grid = _GRID if max_steps >= len(_GRID) else torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
         meshes = [grid if m is None else m for m in meshes]
         owner = torch.cat([torch.full((len(m),), k, dtype=torch.long) for k, m in enumerate(meshes)])

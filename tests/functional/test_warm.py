@@ -17,7 +17,7 @@ def run(f, x, warm=None, tolerance=1e-3, max_steps=512):
     with torch.no_grad():
         delta = f(x) - f(torch.zeros_like(x))
     return integrate_auto(path, delta, tolerance=tolerance, max_steps=max_steps, delta_floor=1e-3,
-                          warm_start=warm), path
+                          warm_start=True if warm is None else warm), path
 
 
 def reference(f, x, points=4097):
@@ -84,7 +84,10 @@ def test_warm_start_through_integrated_gradients_and_a_layer():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(5, 32), nn.ReLU(), nn.Linear(32, 3)).double()
     x = torch.randn(4, 5, dtype=torch.float64) * 3
-    cold = integrated_gradients(net, x, target=1, n_steps="auto", tolerance=1e-3, layer=net[0])
+    cold = integrated_gradients(net, x, target=1, n_steps="auto", tolerance=1e-3, layer=net[0], warm_start=True)
+    plain = integrated_gradients(net, x, target=1, n_steps="auto", tolerance=1e-3, layer=net[0])
+    assert plain.warm_start is None and plain.rounds == cold.rounds  # no warm start asked: none is made
+    torch.testing.assert_close(plain.attributions, cold.attributions, rtol=0, atol=0)
     warm = integrated_gradients(net, x, target=1, n_steps="auto", tolerance=1e-3, layer=net[0],
                                 warm_start=cold.warm_start)
     assert warm.rounds < cold.rounds

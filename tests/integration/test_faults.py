@@ -275,7 +275,8 @@ class CountsPoints(Net):
 
 @pytest.mark.parametrize(("internal_batch_size", "train_batch", "expected"),
                          [(None, 4, 2), (None, 6, 3), (None, 1, 1), (16, 4, 16)])
-def test_points_per_forward_default_to_half_the_training_batch_size(tmp_path, internal_batch_size, train_batch, expected):
+def test_points_per_forward_default_to_half_the_training_batch_size(tmp_path, internal_batch_size, train_batch,
+                                                                   expected):
     monitor = IntegratedGradientsMonitor(probe=8, n_steps=8, internal_batch_size=internal_batch_size)
     model = CountsPoints()
     torch.manual_seed(0)

@@ -20,8 +20,9 @@ class Rounds(Callback):
         self.monitors, self.seen = monitors, []
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        self.seen.append([(m.last_result.rounds, m.last_result.n_evaluations.clone(), m.last_result.attributions.clone(),
-                           m.last_result.attribution_error.clone()) for m in self.monitors])
+        self.seen.append([(m.last_result.rounds, m.last_result.n_evaluations.clone(),
+                           m.last_result.attributions.clone(), m.last_result.attribution_error.clone())
+                          for m in self.monitors])
 
 
 def monitors(**kw):
@@ -101,7 +102,7 @@ def test_broken_or_oversized_meshes_start_cold():
     assert sorted(meshes.meshes) == [1, 2]  # 0.3 is not a node the bisection makes
     start = meshes.start_for(torch.tensor([0, 1, 2]), max_steps=8)
     assert start.mesh_size().tolist() == [5, 3, 5]  # no mesh, a kept one, one over max_steps: the grid
-    assert meshes.start_for(torch.tensor([5]), max_steps=8) is None
+    assert meshes.start_for(torch.tensor([5]), max_steps=8) is True  # no mesh at all: cold, leaving meshes
     meshes.load_state_dict({})
     assert len(meshes) == 0
 
