@@ -156,3 +156,21 @@ def test_prune_merges_only_sibling_leaves_and_keeps_the_grid():
     assert alpha[keep].tolist() == [0, 0.25, 0.5, 0.75, 1.0]
     leaves_of(owner[keep], alpha[keep])  # still a mesh the bisection makes
     assert prune(owner[keep], alpha[keep], 3).all()  # the grid never goes
+
+
+def test_short_chunks_go_through_the_model_at_power_of_two_sizes():
+    from ig_lightning.functional._paths import _padded
+
+    assert [_padded(k, 32) for k in (1, 2, 3, 5, 17, 31, 32)] == [1, 2, 4, 8, 32, 32, 32]
+    assert _padded(7, None) == 7 and _padded(5, 6) == 6
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 32), nn.ReLU(), nn.Linear(32, 1)).double()
+    sizes = []
+    net.register_forward_pre_hook(lambda mod, args: sizes.append(args[0].shape[0]))
+    x = torch.randn(3, 5, dtype=torch.float64) * 3
+    batched = integrated_gradients(net, x, n_steps="auto", tolerance=1e-4, internal_batch_size=16)
+    sizes_seen = set(sizes[1:])  # after the forward that gives delta
+    assert sizes_seen <= {1, 2, 4, 8, 16}, sizes_seen
+    whole = integrated_gradients(net, x, n_steps="auto", tolerance=1e-4)
+    torch.testing.assert_close(batched.attributions, whole.attributions)  # padding rows never leak into results
+    assert batched.n_evaluations.tolist() == whole.n_evaluations.tolist()
