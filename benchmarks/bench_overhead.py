@@ -27,6 +27,8 @@ VARIANTS: dict[str, dict | None] = {  # name: monitor arguments (None = no monit
     "defaults, every_n_epochs=2": {"every_n_epochs": 2},
     "defaults, n_steps=32 (fixed rule)": {"n_steps": 32},
     "defaults, deletion_check=False": {"deletion_check": False},
+    "defaults, warm_start=True": {"warm_start": True},
+    "defaults, whole training batch per forward": {"internal_batch_size": 64},
 }
 
 

@@ -31,6 +31,23 @@ REFERENCE_STEPS = 1024
 TOLERANCE, MAX_STEPS = 0.01, 256
 
 
+def epochs(model: torch.nn.Module, opt: torch.optim.Optimizer, n: int, batch: int,
+           loss_of: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+    """One epoch of training on ``n`` examples in shuffled batches; ``loss_of(rows)`` is a batch's loss."""
+
+    def epoch() -> None:
+        model.train()
+        order = torch.randperm(n)
+        for i in range(0, n, batch):
+            loss = loss_of(order[i:i + batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+
+    return epoch
+
+
 def digits(probe: int) -> tuple[torch.nn.Module, Callable, Callable]:
     from examples.digits import DigitsCNN, digits_tensors
 
@@ -41,14 +58,7 @@ def digits(probe: int) -> tuple[torch.nn.Module, Callable, Callable]:
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     train_x, train_y, px, py = x[:1400], y[:1400], x[1400:1400 + probe], y[1400:1400 + probe]
 
-    def epoch() -> None:
-        order = torch.randperm(len(train_x))
-        for i in range(0, len(order), 64):
-            b = order[i:i + 64]
-            loss = F.cross_entropy(model(train_x[b]), train_y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    epoch = epochs(model, opt, len(train_x), 64, lambda b: F.cross_entropy(model(train_x[b]), train_y[b]))
 
     def explain(m: torch.nn.Module, n_steps, **kw):
         dtype = next(m.parameters()).dtype
@@ -65,14 +75,7 @@ def text(probe: int) -> tuple[torch.nn.Module, Callable, Callable]:
     opt = torch.optim.Adam(model.parameters(), 1e-2)
     train_x, train_y, px, py = x[:1600], y[:1600], x[1600:1600 + probe], y[1600:1600 + probe]
 
-    def epoch() -> None:
-        order = torch.randperm(len(train_x))
-        for i in range(0, len(order), 64):
-            b = order[i:i + 64]
-            loss = F.cross_entropy(model(train_x[b]), train_y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    epoch = epochs(model, opt, len(train_x), 64, lambda b: F.cross_entropy(model(train_x[b]), train_y[b]))
 
     def explain(m: torch.nn.Module, n_steps, **kw):
         return integrated_gradients(m, px, target=py, layer=m.embedding, baselines=0, n_steps=n_steps, **kw)
@@ -90,16 +93,7 @@ def bert(probe: int) -> tuple[torch.nn.Module, Callable, Callable]:
     train = x[:1600], y[:1600], mask[:1600]
     px, py, pm = x[1600:1600 + probe], y[1600:1600 + probe], mask[1600:1600 + probe]
 
-    def epoch() -> None:
-        model.train()
-        order = torch.randperm(1600)
-        for i in range(0, len(order), 32):
-            b = order[i:i + 32]
-            loss = F.cross_entropy(model(train[0][b], train[2][b]).logits, train[1][b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        model.eval()
+    epoch = epochs(model, opt, 1600, 32, lambda b: F.cross_entropy(model(train[0][b], train[2][b]).logits, train[1][b]))
 
     def explain(m: torch.nn.Module, n_steps, **kw):
         return integrated_gradients(lambda ids, am: m(ids, am).logits, px, target=py, n_steps=n_steps,
