@@ -2,7 +2,7 @@
 
 Run from the repository root on a CUDA machine::
 
-    python -m benchmarks.bench_gpu [--rounds 10] [--out DIR]      # about 5 minutes on one H200
+    python -m benchmarks.bench_gpu [--rounds 10] [--out DIR]      # not yet run on a GPU: its time there is unknown
     python -m benchmarks.bench_gpu --quick --device cpu            # tiny configs: checks the script itself
 
 On a ResNet-50-size CNN (``transformers``' ``ResNetConfig()``, 224x224, random init) and a BERT-base-size encoder
