@@ -1,6 +1,6 @@
 """ig-lightning: Integrated Gradients for PyTorch Lightning, computed while you train.
 
-The engine (:mod:`ig_lightning.functional`) imports no Lightning; the monitor (:mod:`ig_lightning.monitor`) is
+The engine (``ig_lightning.functional``) imports no Lightning; the monitor (``ig_lightning.monitor``) is
 imported on first use, so ``from ig_lightning import integrated_gradients`` stays Lightning-free.
 
 Example::

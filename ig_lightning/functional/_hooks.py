@@ -32,7 +32,7 @@ def _floating_positions(leaves: list[Any]) -> list[int]:
 class LayerTap:
     """Reads (``replacement is None``) or replaces the floating tensors at some modules during a forward.
 
-    Used through :func:`tap_layers`. Each module must run exactly once per forward: a module used
+    Used through ``tap_layers()``. Each module must run exactly once per forward: a module used
     twice would make its attribution ambiguous, and one never used has nothing to attribute.
 
     Attributes:
@@ -97,9 +97,9 @@ class LayerTap:
         return forward_hook
 
     def run(self, forward_func: Callable[..., Any], args: tuple, replacement: list[torch.Tensor] | None = None) -> Any:
-        """``forward_func(*args)``; reads every module's leaves into :attr:`values`, or puts ``replacement`` there.
+        """``forward_func(*args)``; reads every module's leaves into ``values``, or puts ``replacement`` there.
 
-        ``replacement`` holds one tensor per leaf, in the order of :attr:`values` from a reading run.
+        ``replacement`` holds one tensor per leaf, in the order of ``values`` from a reading run.
         """
         self.calls = [0] * len(self.layers)
         self.replacement = replacement
@@ -119,7 +119,7 @@ class LayerTap:
         return out
 
     def batch_first_values(self, n: int) -> list[torch.Tensor]:
-        """:attr:`values` of a reading run on a batch of ``n``; raises if one is not batch-first."""
+        """``values`` of a reading run on a batch of ``n``; raises if one is not batch-first."""
         for value in self.values:
             if value.ndim == 0 or value.shape[0] != n:
                 raise ValueError(
@@ -138,7 +138,7 @@ def _describe(value: Any) -> str:
 
 @contextmanager
 def tap_layers(layers: Sequence[nn.Module], to_input: bool = False) -> Iterator[LayerTap]:
-    """Install a :class:`LayerTap` on ``layers`` for the duration of the block; the hooks always go."""
+    """Install a ``LayerTap`` on ``layers`` for the duration of the block; the hooks always go."""
     tap = LayerTap(layers, to_input)
     handles = []
     try:

@@ -1,6 +1,6 @@
 """What goes into a model and what comes out: inputs, baselines, extra arguments and outputs.
 
-The engine integrates along one flat vector per example. :class:`Flat` turns a list of tensors
+The engine integrates along one flat vector per example. ``Flat`` turns a list of tensors
 ``(B, ...)`` (several inputs, or a layer's tuple output) into ``(B, D)`` and back, so the
 quadrature code never needs to know how many tensors there are.
 

@@ -1,6 +1,6 @@
 """The geometry of the bisection's meshes: which intervals a set of nodes makes, and where each one came from.
 
-The adaptive rule (:mod:`ig_lightning.functional.adaptive`) only ever halves intervals of the grid
+The adaptive rule (``ig_lightning.functional.adaptive``) only ever halves intervals of the grid
 ``0, 1/4, 1/2, 3/4, 1``: every node is a dyadic number, and every interval ``[l, l + w]`` is the lower or upper half
 of its parent ``[l, l + 2w]`` or ``[l - w, l + w]``, whose three nodes are all in the mesh. The error indicator of
 an interval is made from those three nodes, so a mesh (any set of nodes reached by halving, or by undoing
@@ -25,7 +25,7 @@ CHUNK_ELEMENTS = 2 ** 16
 
 
 def chunk_rows(rows: int, features: int) -> int:
-    """How many intervals' ``(D,)`` temporaries to build at once (see :data:`CHUNK_ELEMENTS`)."""
+    """How many intervals' ``(D,)`` temporaries to build at once (see ``CHUNK_ELEMENTS``)."""
     return max(1, rows, CHUNK_ELEMENTS // max(features, 1))
 
 

@@ -1,7 +1,7 @@
 """The straight-line paths of Integrated Gradients: the model evaluated at points between baseline and input.
 
-:class:`StraightPaths` gives the gradients at any points of every example's path, in chunks of at most
-``internal_batch_size`` points; :func:`input_problem` and :func:`layer_problem` set a path up at the inputs or
+``StraightPaths`` gives the gradients at any points of every example's path, in chunks of at most
+``internal_batch_size`` points; ``input_problem()`` and ``layer_problem()`` set a path up at the inputs or
 at a layer (a forward hook swaps the layer's output for the path point). Parameters are frozen and gradients
 switched on for the duration, whatever the caller's mode (``no_grad``, ``inference_mode``).
 """

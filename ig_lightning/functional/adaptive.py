@@ -76,7 +76,7 @@ WARM_COARSEN = 3
 
 
 class PathGradients(Protocol):
-    """What :func:`integrate_auto` needs of the straight paths (the engine's ``StraightPaths`` provides it)."""
+    """What ``integrate_auto()`` needs of the straight paths (the engine's ``StraightPaths`` provides it)."""
 
     n: int
     diff: torch.Tensor
@@ -90,7 +90,7 @@ class PathGradients(Protocol):
 
 @dataclass
 class AutoResult:
-    """What :func:`integrate_auto` returns.
+    """What ``integrate_auto()`` returns.
 
     Attributes:
         avg_grad: ``(n, D)`` the path-averaged gradient per example (flat features).
@@ -100,7 +100,7 @@ class AutoResult:
             exact integral; NaN where the gradients were not finite.
         unconverged: Examples that hit ``max_steps`` without reaching ``tolerance``.
         rounds: Batched rounds of evaluations (each one call of the model per chunk, and one sync).
-        warm_start: What the next call on (nearly) the same model can start from (see :mod:`.warm`); ``None``
+        warm_start: What the next call on (nearly) the same model can start from (see ``warm``); ``None``
             unless the call was given ``warm_start``.
     """
 
@@ -126,7 +126,7 @@ def integrate_auto(
     """Integrate every example's gradient along its path until its estimated relative L2 error is within tolerance.
 
     Args:
-        path: The paths (see :class:`PathGradients`).
+        path: The paths (see ``PathGradients``).
         delta: ``(n,)`` ``F(x) - F(x')``, for the completeness condition.
         tolerance: Target relative L2 error of each example's attributions (and relative completeness).
         max_steps: Most points one example may use.
@@ -135,14 +135,14 @@ def integrate_auto(
         sync: ``sync(k)`` returns the largest ``k`` over the processes; every round then evaluates that many
             points on every process. ``None`` for one process.
         warm_start: The ``warm_start`` of an earlier result on the same examples: its meshes are evaluated first,
-            in one round (see :mod:`ig_lightning.functional.warm`). ``True``: a cold start that leaves a warm start
+            in one round (see ``ig_lightning.functional.warm``). ``True``: a cold start that leaves a warm start
             for the next call in the result. ``None``/``False``: a cold start, and none.
 
     Returns:
-        An :class:`AutoResult`.
+        An ``AutoResult``.
 
     Raises:
-        ValueError: ``max_steps`` is below :data:`~ig_lightning.functional.quadrature.AUTO_MIN_STEPS`, or ``sync``
+        ValueError: ``max_steps`` is below ``AUTO_MIN_STEPS``, or ``sync``
             asks a process without examples to evaluate points (there is nothing to pad with), or ``warm_start``
             is for other examples.
     """
@@ -301,7 +301,7 @@ class _Bisection:
     def _next_start(self, rows: torch.Tensor) -> WarmStart:
         """Each example's final mesh, coarsened as far as the gradients just evaluated allow: sibling intervals are
         merged back, those that raise the estimate least first, while it stays within tolerance (up to
-        :data:`WARM_COARSEN` passes)."""
+        ``WARM_COARSEN`` passes)."""
         rows = rows[sort_nodes(self.owner[rows], self.alpha[rows])]
         own, alpha, grads = self.owner[rows], self.alpha[rows], self.grads[rows]
         keep = torch.ones(len(rows), dtype=torch.bool, device=self.device)

@@ -51,7 +51,7 @@ def _relative_drop(before: torch.Tensor, after: torch.Tensor, baseline: torch.Te
 
 @dataclass
 class DeletionResult:
-    """What :func:`deletion_drop` returns; every tensor is per example, on CPU.
+    """What ``deletion_drop()`` returns; every tensor is per example, on CPU.
 
     Attributes:
         output: ``F(x)``, the explained output, ``(B,)`` float64.
@@ -62,7 +62,7 @@ class DeletionResult:
         top_units: The units deleted, ``(B, k)`` long, largest score first; ``-1`` pads examples with
             fewer than ``k`` eligible units and fills examples left out (non-finite scores or inputs).
         random_units: The random units deleted, ``(B, k)`` long, padded the same way.
-        delta_floor: The floor of the denominator of :attr:`drop`.
+        delta_floor: The floor of the denominator of ``drop``.
     """
 
     output: torch.Tensor
@@ -80,13 +80,13 @@ class DeletionResult:
 
     @property
     def random_drop(self) -> torch.Tensor:
-        """:attr:`drop` for the random deletion."""
+        """``drop`` for the random deletion."""
         return _relative_drop(self.output, self.randomized, self.baseline_output, self.delta_floor)
 
     def summary(self) -> dict[str, float]:
         """Means over the examples where both drops are finite, and their ratio (top-k over random).
 
-        The ratio's denominator is floored at :data:`RATIO_FLOOR` (1% of the prediction): removing random units
+        The ratio's denominator is floored at ``RATIO_FLOOR`` (1% of the prediction): removing random units
         often changes almost nothing, or raises the output, and the ratio must not explode or flip sign then.
         Every value is NaN when no example is finite.
         """
@@ -253,14 +253,14 @@ def rule_deletion_drop(
     model uses its one output for every class: the classes only group the examples.
 
     Args:
-        forward: As in :func:`deletion_drop`.
-        inputs: As in :func:`deletion_drop`.
-        baselines: As in :func:`deletion_drop`.
+        forward: As in ``deletion_drop()``.
+        inputs: As in ``deletion_drop()``.
+        baselines: As in ``deletion_drop()``.
         keys: Integer key per feature, ``inputs``' shape or broadcastable to it: token ids, or feature indices.
         rules: Class -> its rule keys (ints, or ``(key, score)`` pairs as from ``class_top_features``).
         targets: ``(B,)`` long: each example's class.
-        delta_floor: As in :func:`deletion_drop`.
-        batch_size: As in :func:`deletion_drop`.
+        delta_floor: As in ``deletion_drop()``.
+        batch_size: As in ``deletion_drop()``.
 
     Returns:
         ``{class: mean drop}`` for the classes of ``rules`` that have examples, in class order.

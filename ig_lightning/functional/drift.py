@@ -97,7 +97,7 @@ def _topk_jaccard(a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def drift_distances(current: torch.Tensor, reference: torch.Tensor, *, k: int = 10) -> dict[str, torch.Tensor]:
-    """Every metric of :data:`DRIFT_METRICS`, each one distance per example (float64, on CPU).
+    """Every metric of ``DRIFT_METRICS``, each one distance per example (float64, on CPU).
 
     Args:
         current: Attributions now, ``(B, ...)``.

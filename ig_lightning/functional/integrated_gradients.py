@@ -1,7 +1,7 @@
 """Integrated Gradients in plain PyTorch: no Lightning needed.
 
 ``IG_i(x) = (x_i - x'_i) * integral_0^1 dF(x' + a (x - x')) / dx_i da``, computed with a
-quadrature rule from :mod:`ig_lightning.functional.quadrature`. Every point of every example is an
+quadrature rule from ``ig_lightning.functional.quadrature``. Every point of every example is an
 independent forward+backward, so points are batched (``internal_batch_size`` caps a batch).
 Several inputs (or a layer's several tensors) are integrated together along one straight path.
 
@@ -59,7 +59,7 @@ def _nan_like(t: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class IGResult:
-    """What :func:`integrated_gradients` returns.
+    """What ``integrated_gradients()`` returns.
 
     Attributes:
         attributions: The inputs' structure (a Tensor, or a tuple for a tuple of inputs), each tensor
@@ -76,7 +76,7 @@ class IGResult:
         rounds: With ``n_steps="auto"``: batched rounds of evaluations (each a pass over the points' chunks,
             and under several processes one sync); 0 for a fixed rule.
         warm_start: With ``n_steps="auto"`` and ``warm_start`` given: what a later call on the same examples can
-            start from (pass it as ``warm_start=``; see :mod:`ig_lightning.functional.warm`); else ``None``.
+            start from (pass it as ``warm_start=``; see ``ig_lightning.functional.warm``); else ``None``.
     """
 
     attributions: Attributions
@@ -147,7 +147,7 @@ def integrated_gradients(
         n_steps: Points of the quadrature rule, or ``"auto"``: refine each example until the estimated relative
             L2 error of its attributions against the exact integral is within ``tolerance`` and they add up to
             ``delta`` within ``tolerance * max(|delta|, delta_floor)``, or ``max_steps`` is reached (see
-            :mod:`ig_lightning.functional.adaptive`: an adaptive trapezoid that bisects where the path bends; the
+            ``ig_lightning.functional.adaptive``: an adaptive trapezoid that bisects where the path bends; the
             estimate is in ``attribution_error``).
         method: ``riemann_left``, ``riemann_right``, ``riemann_middle``, ``riemann_trapezoid`` or
             ``gausslegendre`` (captum's names), for a fixed ``n_steps``; ``"auto"`` uses its own rule.
@@ -168,11 +168,11 @@ def integrated_gradients(
             strategies need it). ``None`` for one process.
         warm_start: With ``n_steps="auto"``: the ``warm_start`` of an earlier result on the same examples (the
             model may have changed): the call evaluates the meshes that one left first, in one round, and refines
-            only where the estimate says so (:mod:`ig_lightning.functional.warm`); the error target and its
+            only where the estimate says so (``ig_lightning.functional.warm``); the error target and its
             estimate are those of a cold call. ``True``: start cold and leave a ``warm_start`` in the result.
 
     Returns:
-        An :class:`IGResult`; its tensors are on the inputs' device.
+        An ``IGResult``; its tensors are on the inputs' device.
 
     Raises:
         TypeError: an argument of the wrong type (named in the message), or a model output that holds no
@@ -265,7 +265,7 @@ def _integrated_gradients(
     sync: Callable[[int], int] | None,
     warm_start: WarmStart | bool | None,
 ) -> IGResult:
-    """The computation of :func:`integrated_gradients`, on checked arguments."""
+    """The computation of ``integrated_gradients()``, on checked arguments."""
     n = items[0].shape[0]
     with gradients_enabled(), frozen_parameters(forward_func):
         # At a layer the inputs are fed to the model: copies, since tensors made under inference_mode cannot

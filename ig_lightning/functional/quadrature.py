@@ -4,7 +4,7 @@ A rule is a set of points ``alphas`` in [0, 1] and weights summing to one, so th
 ``integral_0^1 g(a) da ~= sum_k weights[k] * g(alphas[k])``. The rules are kept apart
 from the attribution code: the engine only asks for points and weights.
 
-``n_steps="auto"`` has its own adaptive rule (:mod:`ig_lightning.functional.adaptive`).
+``n_steps="auto"`` has its own adaptive rule (``ig_lightning.functional.adaptive``).
 
 Example::
 
@@ -64,7 +64,7 @@ def validate_n_steps_or_auto(n_steps: object, method: str) -> int | str:
 def validate_steps(n_steps: object, method: object, max_steps: object) -> tuple[int | str, str, int]:
     """The one rule for the step settings, shared by the engine and the monitor: ``(n_steps, method, max_steps)``.
 
-    ``max_steps`` caps ``n_steps="auto"``, whose bisection needs at least :data:`AUTO_MIN_STEPS` points whatever
+    ``max_steps`` caps ``n_steps="auto"``, whose bisection needs at least ``AUTO_MIN_STEPS`` points whatever
     the rule; with a fixed ``n_steps`` it only has to be a valid size for ``method``.
 
     Example::
@@ -129,7 +129,7 @@ def quadrature_rule(
     """Points in [0, 1] and weights (summing to one) of an ``n_steps``-point rule.
 
     Args:
-        method: One of :data:`METHODS` (captum's names).
+        method: One of ``METHODS`` (captum's names).
         n_steps: Number of points; at least 2 for ``riemann_trapezoid``, else at least 1.
         dtype: Floating dtype of the returned tensors (use the inputs' dtype).
         device: Device of the returned tensors.

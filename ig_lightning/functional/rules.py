@@ -137,7 +137,7 @@ def class_top_features(
 
 def _shared_keys_top(row: torch.Tensor, score: torch.Tensor, target: torch.Tensor, k: int,
                      reduce: str) -> dict[int, list[tuple[int, float]]]:
-    """:func:`class_top_features` when every example has the keys ``row`` ``(T,)``: per-class sums of the
+    """``class_top_features()`` when every example has the keys ``row`` ``(T,)``: per-class sums of the
     scores, ``(classes, T)`` float64, built a few rows at a time (no ``(N, T)`` temporary)."""
     finite = torch.isfinite(score).all(1)
     classes, owner = torch.unique(target[finite], return_inverse=True)
@@ -169,8 +169,8 @@ def rule_changes(
     """Which keys entered or left each class's top features since the previous check.
 
     Args:
-        previous: Output of :func:`class_top_features` at the previous check, or None.
-        current: Output of :func:`class_top_features` now.
+        previous: Output of ``class_top_features()`` at the previous check, or None.
+        current: Output of ``class_top_features()`` now.
 
     Returns:
         ``{class: {"entered": [...], "left": [...]}}`` for each class in ``current``;

@@ -3,7 +3,7 @@
 A cold call starts every example from the grid ``0, 1/4, 1/2, 3/4, 1`` and halves intervals, round after round,
 where the error estimate says; a late round refines only a few examples, in a small batch. Between two checks of
 a monitor the model moves a little and each example's integrand keeps its shape: the mesh the last call ended
-with is nearly the one this call needs. :class:`WarmStart` holds, per example, that mesh, coarsened as far as
+with is nearly the one this call needs. ``WarmStart`` holds, per example, that mesh, coarsened as far as
 the last call's own gradients allowed (the coarsest one whose estimate was still within tolerance). The next
 call evaluates it in one batched round and goes on with the usual bisection where the new estimate says so, so
 the error target and its estimate are exactly a cold call's: only where the points start changes.
@@ -76,7 +76,7 @@ class WarmStart:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> WarmStart:
-        """The inverse of :meth:`state_dict`.
+        """The inverse of ``state_dict()``.
 
         Raises:
             ValueError: the state is not a warm start's (missing keys, or not a mesh the bisection makes).

@@ -1,11 +1,11 @@
 """The Lightning callback: Integrated Gradients on a fixed probe batch, every validation epoch.
 
-Data flows one way: the probe (:mod:`~ig_lightning.monitor.probe`) -> the checks before training
-(:mod:`~ig_lightning.monitor.preflight`) -> a check (:mod:`~ig_lightning.monitor.explainer`, the engine) -> its
-scalars (:mod:`~ig_lightning.monitor.measure`, logged with ``pl_module.log``), the state kept between checks
-(:mod:`~ig_lightning.monitor.tracking`), the breach policy (:mod:`~ig_lightning.monitor.policy`) and rank-zero
-pictures (:mod:`~ig_lightning.output.report`). This module holds the hooks, the skip predicate and the checkpoint
-state; the arguments are validated by :class:`~ig_lightning.monitor.config.MonitorConfig`.
+Data flows one way: the probe (``probe``) -> the checks before training
+(``preflight``) -> a check (``explainer``, the engine) -> its
+scalars (``measure``, logged with ``pl_module.log``), the state kept between checks
+(``tracking``), the breach policy (``policy``) and rank-zero
+pictures (``report``). This module holds the hooks, the skip predicate and the checkpoint
+state; the arguments are validated by ``MonitorConfig``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class IntegratedGradientsMonitor(Callback):
     watch them, with ``strict=False`` for those absent at the first checks), draws pictures and per-class rules
     to the loggers, and can warn, stop or fail the run on a breach. Training is untouched: no parameter
     ``.grad``, buffer, module mode or global random stream changes. Arguments are validated here
-    (:class:`~ig_lightning.monitor.config.MonitorConfig`); what needs the model and the data is validated when
+    (``MonitorConfig``); what needs the model and the data is validated when
     ``fit`` starts, before the first training step, by running the probe through the model once.
 
     Args:
@@ -70,7 +70,7 @@ class IntegratedGradientsMonitor(Callback):
         tolerance: The accuracy target of ``n_steps="auto"``.
         max_steps: The most points per example with ``n_steps="auto"``.
         warm_start: With ``"auto"``, start each example's path from the last check's mesh (fewer rounds, the same
-            error target; :mod:`ig_lightning.functional.warm`).
+            error target; ``ig_lightning.functional.warm``).
         layer: A submodule's name (``named_modules()``, e.g. ``"model.bert.embeddings.word_embeddings"``) to
             attribute at its output; a convolution's or patch embedding's output is drawn as a map over the image.
         attribute: The input(s) to attribute (names of a dict batch, or positions). ``None``: every floating
@@ -96,7 +96,7 @@ class IntegratedGradientsMonitor(Callback):
         patience: Breaching checks before acting, among the last ``patience_window`` checks.
         patience_window: ``None``: ``patience`` (in a row). Against the ``"previous"`` check a sudden change is
             one check of high drift: with ``patience > 1`` give a window, or keep ``patience=1``.
-        on_breach: ``"warn"``, ``"stop"`` (end ``fit``) or ``"raise"`` (:class:`AttributionDriftError`).
+        on_breach: ``"warn"``, ``"stop"`` (end ``fit``) or ``"raise"`` (``AttributionDriftError``).
         top_k: Features per class in the rules, ``k`` of ``topk_jaccard``, and units the deletion check removes.
         deletion_check: Set each example's ``top_k`` most attributed units to the baseline, against ``top_k``
             random ones, and log the output's drop (``ig/deletion_*``); also per class rule. Forward passes only.
@@ -217,7 +217,7 @@ class IntegratedGradientsMonitor(Callback):
 
     @property
     def probe_inputs(self) -> torch.Tensor | ModelInputs | None:
-        """The probe's inputs: a Tensor for a model with one positional input, else the :class:`ModelInputs`."""
+        """The probe's inputs: a Tensor for a model with one positional input, else the ``ModelInputs``."""
         if self.probe is None:
             return None
         inputs = self.probe.inputs

@@ -1,8 +1,8 @@
 """The monitor's configuration: every argument validated once, here, and the table of metric names.
 
-:class:`MonitorConfig` is frozen: the callback reads its settings from it and never changes them. What needs
+``MonitorConfig`` is frozen: the callback reads its settings from it and never changes them. What needs
 the model and the data (shapes, the layer, targets, names against sizes) is validated when ``fit`` starts, by
-:mod:`ig_lightning.monitor.preflight`.
+``ig_lightning.monitor.preflight``.
 
 Example::
 
@@ -88,7 +88,7 @@ THRESHOLDS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class MetricNames:
-    """The logged name of each metric of :data:`METRICS`: ``names["drift"] == "ig/drift"``."""
+    """The logged name of each metric of ``METRICS``: ``names["drift"] == "ig/drift"``."""
 
     prefix: str = "ig"
 
@@ -100,7 +100,7 @@ class MetricNames:
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    """Every setting of :class:`~ig_lightning.IntegratedGradientsMonitor`, validated (see its docstring).
+    """Every setting of ``IntegratedGradientsMonitor``, validated (see its docstring).
 
     Raises:
         ValueError: an argument with a bad value, or two arguments that do not go together (named).

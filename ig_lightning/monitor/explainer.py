@@ -1,6 +1,6 @@
 """One check, from the model and the probe to attributions and per-feature scores (no logging here).
 
-:class:`Explainer` knows which of the model's inputs are attributed (all floating-point ones, or with
+``Explainer`` knows which of the model's inputs are attributed (all floating-point ones, or with
 a layer the one the baseline replaces), calls the engine on this process's shard of the probe with
 everything else passed unchanged at every path point, and gathers the shards in probe order.
 """
@@ -73,14 +73,14 @@ class ProbeMismatchError(ValueError, RuntimeError):
 
 
 class Explainer:
-    """Attributes a probe with a model: the monitor's bridge to :func:`ig_lightning.integrated_gradients`.
+    """Attributes a probe with a model: the monitor's bridge to ``ig_lightning.integrated_gradients()``.
 
     Args:
         inputs: The probe's model inputs (CPU).
         attribute: Names (dict keys) or positions of the inputs to attribute, or ``None``: every
             floating-point input, or with ``layer`` the token ids / pixels the baseline replaces.
         layer: The module to attribute at, and its name.
-        output_transform: A name of :data:`OUTPUT_TRANSFORMS`, a callable of the raw output, or ``None``.
+        output_transform: A name of ``OUTPUT_TRANSFORMS``, a callable of the raw output, or ``None``.
         baseline: ``None``, a number, a Tensor (one attributed input), or a tuple/dict with one per input.
 
     Raises:
@@ -134,7 +134,7 @@ class Explainer:
         return _Forward(model, self.names + self.others, template, self.transform)
 
     def split(self, inputs: ModelInputs) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-        """The attributed tensors and the others, in the order :meth:`forward` takes them."""
+        """The attributed tensors and the others, in the order ``forward()`` takes them."""
         return tuple(inputs[n] for n in self.names), tuple(inputs[n] for n in self.others)
 
     def baselines_for(self, device: torch.device, idx: torch.Tensor | None = None) -> Any:
@@ -168,7 +168,7 @@ class Explainer:
         floating tensors on the first chunk (to check their shapes).
 
         With ``name_the_probe``, a ``RuntimeError``/``TypeError`` of the model's call becomes a
-        :class:`ProbeMismatchError` that names the probe's shapes (before training)."""
+        ``ProbeMismatchError`` that names the probe's shapes (before training)."""
         template = inputs.map(lambda t: on_model(model, t))
         forward = self.forward(model, template)
         attributed, others = self.split(template)
@@ -274,7 +274,7 @@ class Explainer:
         return result
 
     def scores(self, result: IGResult, inputs: ModelInputs) -> list[torch.Tensor]:
-        """One score per displayed unit for each attributed tensor (float32, CPU), reduced by :func:`layer_scores`
+        """One score per displayed unit for each attributed tensor (float32, CPU), reduced by ``layer_scores()``
         at a layer (per token, or a map over the input image)."""
         attributions = result.attributions if isinstance(result.attributions, tuple) else (result.attributions,)
         out = [a.float() for a in attributions]
@@ -351,7 +351,7 @@ def layer_map(layer_shape: Sequence[int], input_shape: Sequence[int]) -> tuple[s
 
 def layer_scores(attributions: torch.Tensor, input_shape: Sequence[int]) -> torch.Tensor:
     """The displayed scores of attributions at a layer: a map ``(B, h, w)`` over an input image (see
-    :func:`layer_map`), per token for an embedding (summed over its hidden units), else the layer's own shape."""
+    ``layer_map()``), per token for an embedding (summed over its hidden units), else the layer's own shape."""
     mapped = layer_map(attributions.shape, input_shape)
     if mapped is not None:
         how, rows, cols, skip = mapped

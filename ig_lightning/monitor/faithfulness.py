@@ -2,7 +2,7 @@
 
 At each check every probe example's ``top_k`` most attributed units (features, pixels, tokens, or the block of
 pixels under a layer map's cell) are set to the baseline, against ``top_k`` random units; each class's rule is
-removed from its examples. Forward passes only (:mod:`ig_lightning.functional.deletion`).
+removed from its examples. Forward passes only (``ig_lightning.functional.deletion``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The scalars of one check, from its attributions and the state kept between checks, and how they reach Lightning.
 
 Every scalar is computed over the probe examples whose attributions are finite; drift only over the examples
-that are finite now and at the reference check. Names come from :class:`~ig_lightning.monitor.config.MetricNames`.
+that are finite now and at the reference check. Names come from ``MetricNames``.
 """
 
 from __future__ import annotations

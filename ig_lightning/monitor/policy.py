@@ -21,19 +21,19 @@ __all__ = ["ON_BREACH", "AttributionDriftError", "BreachPolicy", "find_faults"]
 
 
 class AttributionDriftError(RuntimeError):
-    """Attributions breached a threshold of :class:`IntegratedGradientsMonitor` with ``on_breach="raise"``."""
+    """Attributions breached a threshold of ``IntegratedGradientsMonitor`` with ``on_breach="raise"``."""
 
 
 class BreachPolicy:
     """Finds breaches in a check's metrics and acts when ``patience`` of the last ``patience_window`` checks breached.
 
     Args:
-        limits: Logged metric name (``prefix/key``, ``key`` in :data:`~ig_lightning.monitor.config.THRESHOLDS`)
+        limits: Logged metric name (``prefix/key``, ``key`` in ``THRESHOLDS``)
             to its threshold; ``None`` thresholds are left out.
         warmup: Number of first checks whose threshold breaches are ignored. Faults (NaN/inf) always count.
         patience: Breaching checks needed before acting.
         on_breach: ``"warn"``, ``"stop"`` or ``"raise"``.
-        describe: Metric name to a description for messages, in place of :data:`~ig_lightning.monitor.config.METRICS`'.
+        describe: Metric name to a description for messages, in place of ``METRICS``'.
         patience_window: The breaching checks are counted over this many last checks; ``None``: ``patience``
             (the breaches must come in a row).
     """

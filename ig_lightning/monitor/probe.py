@@ -1,6 +1,6 @@
 """The probe: a fixed batch of examples attributed at every check, taken once from the data.
 
-A probe holds the model's *whole* input (:class:`ModelInputs`): positional tensors, keyword tensors
+A probe holds the model's *whole* input (``ModelInputs``): positional tensors, keyword tensors
 (a Hugging Face batch: ``input_ids``, ``attention_mask``, ...) or both, and optional labels.
 
 Example::
@@ -131,7 +131,7 @@ class Probe:
         classes: The classes seen among the validation labels that were read (``"stratified"``), for the
             coverage warning; ``None`` when unknown.
         pairs: Whether every row is one (example, positive label) pair of a multi-label probe (its label is
-            then that class), see :meth:`positive_pairs`.
+            then that class), see ``positive_pairs()``.
     """
 
     inputs: ModelInputs
@@ -181,7 +181,7 @@ class Probe:
 
     @classmethod
     def from_state(cls, state: Any, labels: torch.Tensor | None = None) -> Probe:
-        """Read :meth:`state`, or (checkpoints of earlier versions) the inputs' state and separate labels."""
+        """Read ``state()``, or (checkpoints of earlier versions) the inputs' state and separate labels."""
         if isinstance(state, Mapping) and "inputs" in state:
             return cls(ModelInputs.from_state(state["inputs"]), state.get("labels"), state.get("indices"),
                        state.get("classes"), bool(state.get("pairs", False)))
@@ -245,7 +245,7 @@ def take_probe(dataloader: DataLoader, n: int, unpack: Unpack = default_unpack,
     Map-style datasets are indexed directly (collated with the loader's ``collate_fn``), so the probe does not
     depend on shuffling or on a distributed sampler: every process gets the same examples. With
     ``selection="stratified"`` and integer class labels, the examples are spread over the classes: the labels of
-    the first :data:`STRATIFY_SCAN` examples are read, and classes take turns (in ascending order) giving their
+    the first ``STRATIFY_SCAN`` examples are read, and classes take turns (in ascending order) giving their
     next example by index, until ``n`` are in; the probe keeps dataset order. ``"first"`` takes indices
     ``0..n-1``. Iterable datasets are read batch by batch until ``n`` are in (always ``"first"``).
     """

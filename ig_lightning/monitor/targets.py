@@ -1,7 +1,7 @@
 """Which output each probe example explains: the label, the prediction, a fixed class, or a user's choice.
 
 One-hot labels ``(B, C)`` are read through their argmax. Multi-hot labels are explained one (example, positive
-label) pair at a time with ``target="positive_labels"`` (:meth:`~ig_lightning.monitor.probe.Probe.positive_pairs`).
+label) pair at a time with ``target="positive_labels"`` (``positive_pairs()``).
 
 Example::
 

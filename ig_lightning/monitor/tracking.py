@@ -1,10 +1,10 @@
 """The state a monitor keeps between checks: small objects with ``update()``, ``state_dict()`` and
 ``load_state_dict()``, in torchmetrics' style.
 
-- :class:`DriftReferences`: every probe example's attributions at the first and at the previous check.
-- :class:`ColorScales`: every example's colour scale, fixed at its first finite check.
-- :class:`RuleTracker`: the rules (each class's top features), what changed, and their history.
-- :class:`DriftHistory`: the run's own drift so far, which calibrates ``drift_threshold="auto"``.
+- ``DriftReferences``: every probe example's attributions at the first and at the previous check.
+- ``ColorScales``: every example's colour scale, fixed at its first finite check.
+- ``RuleTracker``: the rules (each class's top features), what changed, and their history.
+- ``DriftHistory``: the run's own drift so far, which calibrates ``drift_threshold="auto"``.
 
 Non-finite examples (a diverged model) never become a reference, never fix a scale and never enter a rule.
 
@@ -143,7 +143,7 @@ class DriftHistory:
     """The drift of the run's checks so far, per series (``"drift"``, ``"drift_class_max"``), to calibrate the alarm.
 
     The calibrated quantity is the *drift ratio*: a check's drift over the median drift of the previous
-    ``window`` checks (floored at :data:`RATIO_FLOOR`). A healthy run keeps it near 1 whatever its learning
+    ``window`` checks (floored at ``RATIO_FLOOR``). A healthy run keeps it near 1 whatever its learning
     rate or data; a change of the model's reasons makes it jump.
 
     Args:
@@ -156,14 +156,14 @@ class DriftHistory:
 
     def ratio(self, series: str, drift: float) -> float | None:
         """``drift`` over the median of the last ``window`` values of ``series``; ``None`` while fewer than
-        :data:`MIN_HISTORY` values are known (or ``drift`` is not finite)."""
+        ``MIN_HISTORY`` values are known (or ``drift`` is not finite)."""
         past = self.values.get(series, [])[-self.window:]
         if len(past) < MIN_HISTORY or not math.isfinite(drift):
             return None
         return drift / max(statistics.median(past), RATIO_FLOOR)
 
     def update(self, drifts: dict[str, float]) -> None:
-        """Add this check's finite drift values (after :meth:`ratio` was taken)."""
+        """Add this check's finite drift values (after ``ratio()`` was taken)."""
         for series, value in drifts.items():
             if math.isfinite(value):
                 kept = self.values.setdefault(series, [])

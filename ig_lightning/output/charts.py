@@ -1,6 +1,6 @@
 """Charts drawn with matplotlib: token strips (text) and bar charts (tabular), as ``(3, H, W)`` uint8 images.
 
-Non-finite scores are drawn on a mid-grey box (:data:`~ig_lightning.output.render.NONFINITE_RGB`) and named
+Non-finite scores are drawn on a mid-grey box (``NONFINITE_RGB``) and named
 (``nan``, ``+inf``, ``-inf``); nothing here raises on a diverged model.
 """
 
@@ -72,7 +72,7 @@ def token_strip(
 ) -> torch.Tensor:
     """Draw each example as one line of tokens on backgrounds coloured by their scores.
 
-    A token whose score is NaN or infinite is drawn on a :data:`NONFINITE_RGB` (mid-grey)
+    A token whose score is NaN or infinite is drawn on a ``NONFINITE_RGB`` (mid-grey)
     box; a scale that is not finite or not positive falls back to the example's largest
     finite ``|score|`` over its tokens (or 1).
 
@@ -157,7 +157,7 @@ def bar_chart(
     so charts from different epochs are comparable; without it both follow the data.
 
     Non-finite values never raise: they rank above every finite one and are drawn as
-    :data:`NONFINITE_RGB` (mid-grey) bars, ``+inf`` from 0 to the right edge, ``-inf`` from
+    ``NONFINITE_RGB`` (mid-grey) bars, ``+inf`` from 0 to the right edge, ``-inf`` from
     0 to the left edge, NaN across the whole range (the edge being ``scale``, or the largest
     finite ``|value|``, or 1), and their label ends with ``= nan`` / ``= +inf`` / ``= -inf``.
 

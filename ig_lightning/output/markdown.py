@@ -1,6 +1,6 @@
 """Markdown for TensorBoard's text tab and the other loggers: the rules table and the token table.
 
-One escape (:func:`escape`), one number format (:func:`format_score`) and one name lookup (:func:`name_lookup`)
+One escape (``escape()``), one number format (``format_score()``) and one name lookup (``name_lookup()``)
 for every table the monitor writes.
 """
 
@@ -88,8 +88,8 @@ def rules_markdown(
     A non-finite score (only possible in hand-made ``rules``) is written ``nan``/``+inf``/``-inf``.
 
     Args:
-        rules: Output of :func:`class_top_features`.
-        changes: Output of :func:`rule_changes`; adds "entered" and "left" columns.
+        rules: Output of ``class_top_features()``.
+        changes: Output of ``rule_changes()``; adds "entered" and "left" columns.
         key_names: Maps a key to a name: a callable (e.g. a tokenizer's decode) or a
             sequence indexed by key (e.g. a vocabulary or feature names). Default ``str``.
         class_names: Sequence indexed by class. Default ``str``.
@@ -128,7 +128,7 @@ def rules_rows(
     precision: int = 3,
     drops: dict[int, float] | None = None,
 ) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
-    """The rules table of :func:`rules_markdown` as plain cells (no escaping), for loggers with tables.
+    """The rules table of ``rules_markdown()`` as plain cells (no escaping), for loggers with tables.
 
     Columns are always ``class, top features, entered, left, removing it drops`` (``-`` where a check has
     nothing to say), so every check's table has the same columns.

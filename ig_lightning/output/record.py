@@ -1,7 +1,7 @@
-"""What one check hands to the output side: the :class:`CheckRecord`, and the items a view makes of it.
+"""What one check hands to the output side: the ``CheckRecord``, and the items a view makes of it.
 
-Views turn a record into items (:class:`Image`, :class:`Text`, :class:`Histogram`, :class:`Table`); the reporter
-sends the items to every logger's writer (:mod:`ig_lightning.output.writers`).
+Views turn a record into items (``Image``, ``Text``, ``Histogram``, ``Table``); the reporter
+sends the items to every logger's writer (``ig_lightning.output.writers``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class CheckRecord:
         rules: Per class, the top ``(key, score)`` features; keys are token ids or flat feature indices.
         changes: Per class, the keys that ``entered``/``left`` the top-k since the previous check.
         mask: Optional bool, same shape as ``inputs``, True for a real token and False for padding;
-            :class:`TextView` neither draws nor lists masked-out positions. ``None``: all are real.
+            ``TextView`` neither draws nor lists masked-out positions. ``None``: all are real.
         prefix: What every tag starts with: ``ig``, or ``ig/<name>`` for a named monitor.
         labels: The probe's labels ``(B,)``, when it has class labels.
         predictions: The predicted class per example at this check ``(B,)``, for multi-class models.

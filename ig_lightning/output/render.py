@@ -8,7 +8,7 @@ scale (per example or per chart) so pictures from different epochs can be compar
 brighter colour means a larger attribution, never a re-normalised one.
 
 Nothing here raises on NaN or infinite values (a diverged model must not crash the run):
-non-finite attributions and input pixels are drawn in :data:`NONFINITE_RGB` (mid-grey, a
+non-finite attributions and input pixels are drawn in ``NONFINITE_RGB`` (mid-grey, a
 colour no diverging colormap uses for a value), finite values of the same example are drawn
 normally, and a scale that is not finite or not positive falls back to the example's largest
 finite ``|attribution|`` (or 1 when there is none).
@@ -79,7 +79,7 @@ def _safe_scale(scale: torch.Tensor) -> torch.Tensor:
 
 
 def _paint_nonfinite(rgb: torch.Tensor, nonfinite: torch.Tensor) -> torch.Tensor:
-    """``rgb`` (``(..., 3)``, any dtype) with :data:`NONFINITE_RGB` where ``nonfinite`` is True."""
+    """``rgb`` (``(..., 3)``, any dtype) with ``NONFINITE_RGB`` where ``nonfinite`` is True."""
     grey = torch.tensor(NONFINITE_RGB, dtype=rgb.dtype)
     return torch.where(nonfinite.unsqueeze(-1), grey, rgb)
 
@@ -126,7 +126,7 @@ def colorize_signed(
     """Colour signed values: ``values / scale`` clipped to [-1, 1] indexes the table.
 
     Args:
-        values: Any shape; NaN and +-inf are drawn in :data:`NONFINITE_RGB` (mid-grey).
+        values: Any shape; NaN and +-inf are drawn in ``NONFINITE_RGB`` (mid-grey).
         scale: A float or a tensor broadcastable to ``values`` (e.g. ``(N, 1, 1)`` for one
             scale per example). Scales <= 0 or not finite count as 1.
         lut: ``(n, 3)`` uint8 table; default ``diverging_lut("RdBu_r")``.
@@ -245,7 +245,7 @@ def image_grid(
     least ``min_size`` pixels on its short side.
 
     Non-finite values never raise: a pixel whose attribution (any channel) is NaN or
-    infinite is :data:`NONFINITE_RGB` (mid-grey) in the heatmap and the overlay; an input
+    infinite is ``NONFINITE_RGB`` (mid-grey) in the heatmap and the overlay; an input
     pixel with a non-finite channel is mid-grey in the input panel and under the overlay,
     and inputs are normalised over their finite values only. A scale that is not finite or
     not positive falls back to the example's largest finite ``|attribution|`` (or 1).
@@ -253,13 +253,13 @@ def image_grid(
     Args:
         inputs: ``(N, C, H, W)`` with C in {1, 3}, or ``(N, H, W)``.
         attributions: Same shape as ``inputs``, or one map per example ``(N, H, W)`` / ``(N, 1, H, W)``
-            (e.g. a layer's map upsampled with :func:`upsample_map`) for inputs with 3 channels.
+            (e.g. a layer's map upsampled with ``upsample_map()``) for inputs with 3 channels.
         scales: ``N`` positive scales (any shape with N elements, or one float for all).
             Bad ones (0, negative, NaN, inf) fall back as described above.
         min_size: Smallest panel side in pixels after upscaling.
         pad: White pixels between (and around) panels.
         cmap: Diverging matplotlib colormap name.
-        captions: One text per example, drawn above its row (see :func:`text_band`); the picture
+        captions: One text per example, drawn above its row (see ``text_band()``); the picture
             grows by the bands (and widens when a piece of a caption is wider than the grid).
 
     Returns:

@@ -29,17 +29,17 @@ def logger_step(trainer: Any) -> int:
 
 
 class Reporter:
-    """Writes a :class:`CheckRecord` to every supported logger and its rules file (call it on rank zero only).
+    """Writes a ``CheckRecord`` to every supported logger and its rules file (call it on rank zero only).
 
     Each ``TensorBoardLogger``, ``WandbLogger``, ``MLFlowLogger`` and ``CSVLogger`` of the trainer gets its own
-    writer (:mod:`ig_lightning.output.writers`) and the same pictures, texts, histograms and rules. Each is
+    writer (``ig_lightning.output.writers``) and the same pictures, texts, histograms and rules. Each is
     isolated: a failing backend warns once per kind of failure and the others still get the check. Other
     loggers get the scalars only (said once).
 
     Args:
         loggers: The trainer's loggers.
         log_images: Draw pictures and histograms.
-        view: What a check looks like (see :func:`~ig_lightning.output.views.make_view`).
+        view: What a check looks like (see ``make_view()``).
         prefix: What tags start with (``ig``, or ``ig/<name>``).
         rules_file: The rules file's name, in each writer's directory (an artifact of that name for MLflow).
     """

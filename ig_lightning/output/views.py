@@ -1,13 +1,13 @@
 """What a check looks like: one view per kind of input (images, text, tabular).
 
-A view turns a :class:`CheckRecord` (CPU tensors of one check) into items: :class:`Image` (with a caption),
-:class:`Text` (Markdown), :class:`Histogram` and :class:`Table`, which the
-:class:`~ig_lightning.output.report.Reporter` hands to every logger's writer
-(:mod:`ig_lightning.output.writers`). Pixels come from :mod:`ig_lightning.output.render`, rules from
-:mod:`ig_lightning.functional.rules`; the callback decides what to compute, the views only draw it.
+A view turns a ``CheckRecord`` (CPU tensors of one check) into items: ``Image`` (with a caption),
+``Text`` (Markdown), ``Histogram`` and ``Table``, which the
+``Reporter`` hands to every logger's writer
+(``ig_lightning.output.writers``). Pixels come from ``ig_lightning.output.render``, rules from
+``ig_lightning.functional.rules``; the callback decides what to compute, the views only draw it.
 
 Drawing never breaks a run whose model diverged: NaN or infinite scores, scales, inputs and
-completeness errors are drawn (in :data:`ig_lightning.output.render.NONFINITE_RGB`, mid-grey) or
+completeness errors are drawn (in ``ig_lightning.output.render.NONFINITE_RGB``, mid-grey) or
 left out, as each function's docstring says, never raised on.
 """
 
@@ -56,7 +56,7 @@ def common_items(record: CheckRecord) -> list[Item]:
 
 
 def log_common(writer: Any, record: CheckRecord) -> None:
-    """:func:`common_items` written into a ``SummaryWriter``."""
+    """``common_items()`` written into a ``SummaryWriter``."""
     log_items(writer, common_items(record), record.step)
 
 
@@ -89,13 +89,13 @@ def _mean_scale(scales: torch.Tensor) -> float:
 class ImageView(LogsToSummaryWriter):
     """Input, signed heatmap and overlay per probe example, and class-mean maps, as grid images.
 
-    Each row is captioned inside the picture (:func:`example_caption`: index, label, prediction, explained
+    Each row is captioned inside the picture (``example_caption()``: index, label, prediction, explained
     class, completeness error; class-mean rows: the class, its number of examples and their mean completeness
     error), unless the panels are thumbnails under ``caption_min_size`` pixels. A layer's map (scores
     ``(B, h, w)`` of another size than the input ``(B, C, H, W)``, e.g. a conv layer's attribution summed over
-    channels) is upsampled to the input (:func:`render.upsample_map`) and drawn the same way.
+    channels) is upsampled to the input (``render.upsample_map()``) and drawn the same way.
 
-    Non-finite attributions and input pixels are drawn mid-grey (see :func:`render.image_grid`).
+    Non-finite attributions and input pixels are drawn mid-grey (see ``render.image_grid()``).
     Class-mean maps average only the class's examples whose attributions are all finite; a class
     with no such example is drawn entirely mid-grey. Their input is the per-pixel mean of the
     class's finite input values, and their scale the mean of the class's finite positive scales.
@@ -242,7 +242,7 @@ def _compact(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 class TabularView(LogsToSummaryWriter):
     """Bar charts of feature attributions per example and for the probe, and each class's top features.
 
-    Non-finite attributions are drawn as mid-grey bars (see :func:`charts.bar_chart`); an example's
+    Non-finite attributions are drawn as mid-grey bars (see ``charts.bar_chart()``); an example's
     scale that is not finite or not positive gives a chart whose axis follows the data. The probe mean
     averages only the examples whose attributions are all finite (all mid-grey when there is none).
     """

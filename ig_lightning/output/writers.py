@@ -1,7 +1,7 @@
 """One writer per logger: where a check's pictures, texts, histograms and rules go in each backend.
 
-Every writer has the same methods (:class:`Writer`); the :class:`~ig_lightning.output.report.Reporter` builds
-one per supported logger of the trainer (:func:`writers_for`) and hands each the same items:
+Every writer has the same methods (``Writer``); the ``Reporter`` builds
+one per supported logger of the trainer (``writers_for()``) and hands each the same items:
 
 =================  ==========================================  ==================  ===============================
 logger             pictures, texts, histograms                 rules table         rules file (one JSON line a check)
@@ -134,7 +134,7 @@ class _Base:
 
 
 class TensorBoardWriter(_Base):
-    """A ``TensorBoardLogger``'s ``SummaryWriter``: fast PNGs (:func:`record.add_png`), text, histograms."""
+    """A ``TensorBoardLogger``'s ``SummaryWriter``: fast PNGs (``record.add_png()``), text, histograms."""
 
     name = "TensorBoard"
 
