@@ -60,6 +60,12 @@ class Leaves:
     lower: torch.Tensor
     parent_width: torch.Tensor
 
+    def on_rows(self, rows: torch.Tensor) -> Leaves:
+        """The same intervals with their nodes as ``rows[position]``: read from a larger pool, without copying
+        the nodes' values out of it."""
+        return Leaves(rows[self.left], rows[self.right], self.owner, rows[self.a], rows[self.mid], rows[self.b],
+                      self.lower, self.parent_width)
+
 
 def leaves_of(owner: torch.Tensor, alpha: torch.Tensor) -> Leaves:
     """The intervals of a mesh whose nodes are sorted by ``(owner, alpha)``, with their parents.

@@ -142,9 +142,8 @@ def integrate_auto(
         An ``AutoResult``.
 
     Raises:
-        ValueError: ``max_steps`` is below ``AUTO_MIN_STEPS``, or ``sync``
-            asks a process without examples to evaluate points (there is nothing to pad with), or ``warm_start``
-            is for other examples.
+        ValueError: ``max_steps`` is below ``AUTO_MIN_STEPS``, ``sync`` asks a process without examples to
+            evaluate points (there is nothing to pad with), or ``warm_start`` does not fit the call.
     """
     if max_steps < AUTO_MIN_STEPS:
         raise ValueError(f"`max_steps` must be >= {AUTO_MIN_STEPS} for n_steps='auto', got {max_steps}")
@@ -263,10 +262,10 @@ class _Bisection:
 
     def _bisect(self, rows: torch.Tensor) -> AutoResult:
         """Refine every example from the mesh of nodes ``rows`` (sorted by example and alpha)."""
-        leaves = leaves_of(self.owner[rows], self.alpha[rows])
-        indicator = split_indicators(self.grads[rows], self.diff, leaves)
-        avg_grad = trapezoid(self.grads[rows], self.alpha[rows], leaves, self.n)
-        left, right, owner = rows[leaves.left], rows[leaves.right], leaves.owner
+        leaves = leaves_of(self.owner[rows], self.alpha[rows]).on_rows(rows)  # the pool is read in place
+        indicator = split_indicators(self.grads, self.diff, leaves)
+        avg_grad = trapezoid(self.grads, self.alpha, leaves, self.n)
+        left, right, owner = leaves.left, leaves.right, leaves.owner
         while True:
             squares = self._squares(owner, indicator)
             estimate = self._relative(BISECTION_SCALE * squares.sqrt(), avg_grad)
@@ -285,9 +284,8 @@ class _Bisection:
             # The interval's h/2 (ga + gb) becomes h/4 (ga + 2 gm + gb), a chunk of intervals at a time.
             step = chunk_rows(self.n, self.diff.shape[1])
             for s in range(0, len(ex), step):
-                g, a, b, w = self.grads[new[s:s + step]], self.grads[lft[s:s + step]], self.grads[rgt[s:s + step]], \
-                    width[s:s + step]
-                avg_grad.index_add_(0, ex[s:s + step], w / 2 * g - w / 4 * (a + b))
+                g, a, b = (self.grads[t[s:s + step]] for t in (new, lft, rgt))
+                avg_grad.index_add_(0, ex[s:s + step], width[s:s + step] / 2 * g - width[s:s + step] / 4 * (a + b))
                 del g, a, b
             k = len(ex)
             halves = Leaves(torch.cat([lft, new]), torch.cat([new, rgt]), ex.repeat(2), lft.repeat(2), new.repeat(2),
@@ -303,13 +301,13 @@ class _Bisection:
         merged back, those that raise the estimate least first, while it stays within tolerance (up to
         ``WARM_COARSEN`` passes)."""
         rows = rows[sort_nodes(self.owner[rows], self.alpha[rows])]
-        own, alpha, grads = self.owner[rows], self.alpha[rows], self.grads[rows]
+        own, alpha = self.owner[rows], self.alpha[rows]
         keep = torch.ones(len(rows), dtype=torch.bool, device=self.device)
         for _ in range(WARM_COARSEN):
             pos = keep.nonzero().flatten()
             leaves = leaves_of(own[pos], alpha[pos])
-            indicator = split_indicators(grads[pos], self.diff, leaves)
-            avg = trapezoid(grads[pos], alpha[pos], leaves, self.n)
+            indicator = split_indicators(self.grads, self.diff, leaves.on_rows(rows[pos]))
+            avg = trapezoid(self.grads, self.alpha, leaves.on_rows(rows[pos]), self.n)
             norm = (self.diff * avg).norm(dim=1).clamp_min(self.floor)
             budget = (self.tolerance * norm / BISECTION_SCALE) ** 2 - self._squares(leaves.owner, indicator)
             merged = prune(own[pos], alpha[pos], 1)  # every sibling pair merged at once (they are independent)
@@ -317,7 +315,7 @@ class _Bisection:
             if not len(gone) or not bool((budget > 0).any()):
                 break
             coarse = leaves_of(own[pos][merged], alpha[pos][merged])
-            coarse_ind = split_indicators(grads[pos][merged], self.diff, coarse)
+            coarse_ind = split_indicators(self.grads, self.diff, coarse.on_rows(rows[pos][merged]))
             # The merged interval of a removed node m starts at m's left neighbour.
             leaf_from = torch.full((len(pos),), -1, dtype=torch.long, device=self.device)
             leaf_from[leaves.left] = torch.arange(len(leaves.left), device=self.device)
@@ -337,7 +335,8 @@ class _Bisection:
             trial[pos[gone[take]]] = False
             # Merging also moves the sum of the attributions: keep an example's merges only if it stays complete.
             sub = trial.nonzero().flatten()
-            incomplete = self._incomplete(trapezoid(grads[sub], alpha[sub], leaves_of(own[sub], alpha[sub]), self.n))
+            trial_leaves = leaves_of(own[sub], alpha[sub]).on_rows(rows[sub])
+            incomplete = self._incomplete(trapezoid(self.grads, self.alpha, trial_leaves, self.n))
             keep = torch.where(incomplete[own], keep, trial)
         return WarmStart(own[keep], alpha[keep], self.n)
 
@@ -360,7 +359,6 @@ class _Bisection:
         pick = (before - before[first[es]] < BISECTION_SHARE) & active[es]
         pick &= rank < (self.max_steps - self.count)[es]  # never beyond max_steps points
         return order[pick]
-
 
 
 def _segment_cumsum(values: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:

@@ -95,8 +95,9 @@ class WarmStart:
             raise ValueError(f"`warm_start` is for {self.n} examples; this call has {n}")
         if self.owner.shape != self.alpha.shape or self.owner.ndim != 1:
             raise ValueError("`warm_start` has `owner` and `alpha` of different shapes")
-        size = self.mesh_size() if len(self.owner) == 0 or int(self.owner.min()) >= 0 else None
-        if size is None or len(size) != n or bool((size < 3).any()):
+        if len(self.owner) and (int(self.owner.min()) < 0 or int(self.owner.max()) >= n):
+            raise ValueError(f"`warm_start` has nodes of examples outside 0..{n - 1}")
+        if bool((self.mesh_size() < 3).any()):
             raise ValueError("`warm_start` must hold a mesh of at least 3 nodes for every example")
         keys = self.owner.double() * 4.0 + self.alpha
         ends = (self.alpha.min() < 0) | (self.alpha.max() > 1) if len(self.alpha) else False

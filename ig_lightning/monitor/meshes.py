@@ -72,7 +72,7 @@ class PathMeshes:
         padded = torch.full((2, length), -1.0, dtype=torch.float64)
         padded[:, :flat.shape[1]] = flat
         gathered = trainer.strategy.all_gather(padded.to(device)).cpu().reshape(-1, 2, length)
-        merged: dict[int, list[float]] = {}
+        merged: dict[int, torch.Tensor] = {}
         for part in gathered:
             part = part[:, part[0] >= 0]
             for row in part[0].unique().tolist():

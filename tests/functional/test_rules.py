@@ -115,3 +115,19 @@ def test_class_mean_maps_exact() -> None:
         class_mean_maps(attributions, torch.tensor([0, 1]))
     with pytest.raises(TypeError, match="attributions"):
         class_mean_maps(torch.ones(4, 2, dtype=torch.long), torch.zeros(4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+def test_shared_keys_give_the_same_rules_as_per_row_keys(reduce):
+    # One row of keys expanded over the probe (flat feature indices) takes a per-class path without (N, T) copies.
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(20, 12, generator=g, dtype=torch.float64)
+    scores[3, 5] = float("nan")  # a non-finite example is left out on both paths
+    targets = torch.randint(0, 3, (20,), generator=g)
+    row = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 4, 5])  # repeated keys pool within an example
+    shared = class_top_features(row.expand(20, -1), scores, targets, k=4, reduce=reduce)
+    copied = class_top_features(row.expand(20, -1).clone(), scores, targets, k=4, reduce=reduce)
+    assert shared.keys() == copied.keys()
+    for c in copied:
+        assert [k for k, _ in shared[c]] == [k for k, _ in copied[c]]
+        assert [v for _, v in shared[c]] == pytest.approx([v for _, v in copied[c]], rel=1e-12)
