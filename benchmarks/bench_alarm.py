@@ -167,9 +167,9 @@ def run_scenario(sc: dict, epochs: int) -> dict:
                 return opt
             return [opt], [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)]
 
-    monitor = IntegratedGradientsMonitor(probe=PROBE, n_steps=N_STEPS, drift_metric="cosine",
-                                         drift_reference="previous", drift_threshold=None,
-                                         deletion_check=False, log_images=False)
+    monitor = IntegratedGradientsMonitor(probe=PROBE, n_steps=N_STEPS,
+                                         alarm=dict(metric="cosine", reference="previous", threshold=None),
+                                         faithfulness=dict(deletion=False), display=dict(log_images=False))
     records: list[dict] = []
 
     class Recorder(Callback):  # after the monitor: copies its metrics; drives the data's epoch

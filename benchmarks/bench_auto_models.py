@@ -33,8 +33,8 @@ def attributions(run: Run, n_steps: int | str, dtype: torch.dtype = torch.float3
     """The monitor's attributions on the run's probe with ``n_steps`` (a trainer.validate of the trained model)."""
     model = copy.deepcopy(run.model).to(dtype)
     monitor = IntegratedGradientsMonitor(probe=run.monitor.probe_size, layer=run.monitor.layer, n_steps=n_steps,
-                                         vocabulary=run.monitor.vocabulary, log_images=False,
-                                         internal_batch_size=4096 if dtype == torch.float64 else None)
+                                         display=dict(vocabulary=run.monitor.display.vocabulary, log_images=False),
+                                         integration=dict(internal_batch_size=4096 if dtype == torch.float64 else None))
     with tempfile.TemporaryDirectory() as root, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = make_trainer("bench", [monitor], max_epochs=1, root=root, verbose=False)

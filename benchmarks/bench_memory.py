@@ -226,7 +226,7 @@ def measure_check(model: Any, loader: DataLoader, device: torch.device, meter: P
 
     # Warm-up with the measured settings on a probe of 2: one-time costs (first calls, the heap's growth) are
     # not the check's.
-    validate(IntegratedGradientsMonitor(probe=2, **{**settings, "internal_batch_size": 2}))
+    validate(IntegratedGradientsMonitor(probe=2, **{**settings, "integration": {"internal_batch_size": 2}}))
     monitor = MeteredMonitor(probe=probe, **settings)
     start = time.perf_counter()
     validate(monitor)
@@ -238,7 +238,7 @@ def measure_check(model: Any, loader: DataLoader, device: torch.device, meter: P
 def variants(probe: int, auto: bool) -> dict[str, dict[str, Any]]:
     """Monitor arguments of each measured check, by name."""
     found = {"fixed 32": {"n_steps": N_STEPS},
-             "all at once": {"n_steps": N_STEPS, "internal_batch_size": probe * N_STEPS}}
+             "all at once": {"n_steps": N_STEPS, "integration": {"internal_batch_size": probe * N_STEPS}}}
     if auto:
         found["auto"] = {}  # the monitor's defaults
     return found

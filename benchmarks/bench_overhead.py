@@ -23,12 +23,12 @@ from ig_lightning import IntegratedGradientsMonitor
 VARIANTS: dict[str, dict | None] = {  # name: monitor arguments (None = no monitor)
     "without monitor": None,
     "monitor at defaults": {},
-    "defaults, log_images=False": {"log_images": False},
+    "defaults, display.log_images=False": {"display": {"log_images": False}},
     "defaults, every_n_epochs=2": {"every_n_epochs": 2},
     "defaults, n_steps=32 (fixed rule)": {"n_steps": 32},
-    "defaults, deletion_check=False": {"deletion_check": False},
-    "defaults, warm_start=True": {"warm_start": True},
-    "defaults, whole training batch per forward": {"internal_batch_size": 64},
+    "defaults, faithfulness.deletion=False": {"faithfulness": {"deletion": False}},
+    "defaults, integration.warm_start=True": {"integration": {"warm_start": True}},
+    "defaults, whole training batch per forward": {"integration": {"internal_batch_size": 64}},
 }
 
 

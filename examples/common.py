@@ -7,6 +7,7 @@ An example builds its data module, model and :class:`~ig_lightning.IntegratedGra
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,20 @@ def quiet() -> None:
         r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # Lightning 2.6 with torch >= 2.10
     ):
         warnings.filterwarnings("ignore", message)
+
+
+def monitor_with(settings: dict[str, Any], overrides: dict[str, Any]) -> IntegratedGradientsMonitor:
+    """The monitor of ``settings`` with ``overrides``; a settings object overridden by a dict keeps its other fields
+    (``alarm={"on_breach": "raise"}`` changes only ``on_breach``)."""
+    merged = dict(settings)
+    for key, value in overrides.items():
+        given = merged.get(key)
+        if isinstance(value, dict) and dataclasses.is_dataclass(given):
+            value = dataclasses.replace(given, **value)
+        elif isinstance(value, dict) and isinstance(given, dict):
+            value = {**given, **value}
+        merged[key] = value
+    return IntegratedGradientsMonitor(**merged)
 
 
 def seed(value: int = 0) -> None:
@@ -213,7 +228,7 @@ def summarize(
               "ig/completeness_error_max": "completeness error (worst)",
               "ig/attribution_error_max": "attribution error, estimated (worst)",
               "ig/n_steps_mean": "gradient evaluations per example (mean)",
-              "ig/drift": f"drift ({monitor.drift_metric} vs {monitor.drift_reference} check)",
+              "ig/drift": f"drift ({monitor.alarm.metric} vs {monitor.alarm.reference} check)",
               "ig/region_mass": "share of |attribution| in `region`"}
     lines += [f"{text}: {metrics[name]:.4g}" for name, text in labels.items() if name in metrics]
     if monitor.rules:

@@ -14,8 +14,8 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from examples.common import RUNS, Classifier, Run, Split, SplitDataModule, example_main, fit, seed
-from ig_lightning import IntegratedGradientsMonitor
+from examples.common import RUNS, Classifier, Run, Split, SplitDataModule, example_main, fit, monitor_with, seed
+from ig_lightning import Alarm, Display, Faithfulness, IntegratedGradientsMonitor, RuleExtraction
 
 SIDE = 8
 CLASS_NAMES = [str(d) for d in range(10)]
@@ -66,12 +66,13 @@ def make_monitor(**overrides: Any) -> IntegratedGradientsMonitor:
     """The monitor as a user would set it for this model; ``overrides`` change any argument."""
     settings: dict[str, Any] = dict(
         probe=16,  # 16 validation digits spread over the classes, fixed for the whole run
-        drift_threshold="auto",  # warn when attributions turn far more than this run's own usual drift
-        completeness_threshold=0.05,  # the paper's 5%: more points are needed beyond it
-        top_k=5,
-        class_names=CLASS_NAMES,
+        # Warn when attributions turn far more than this run's own usual drift, or stop adding up (the paper's 5%).
+        alarm=Alarm(threshold="auto", completeness_threshold=0.05),
+        rule_extraction=RuleExtraction(top_k=5),
+        faithfulness=Faithfulness(top_k=5),
+        display=Display(class_names=CLASS_NAMES),
     )
-    return IntegratedGradientsMonitor(**{**settings, **overrides})
+    return monitor_with(settings, overrides)
 
 
 def train(max_epochs: int = 10, root: str | Path = RUNS, verbose: bool = True, name: str = "digits",

@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from examples.common import RUNS, Run, Split, fit, seed
+from examples.common import RUNS, Run, Split, fit, monitor_with, seed
 from examples.digits import CLASS_NAMES, DigitsCNN, DigitsDataModule
-from ig_lightning import IntegratedGradientsMonitor
+from ig_lightning import Alarm, Display, IntegratedGradientsMonitor
 
 MARK = 2  # side of the square mark, in pixels
 CUE_CLASSES = (0, 2, 4, 6, 8)
@@ -83,13 +83,11 @@ def make_monitor(probe: Split, **overrides: Any) -> IntegratedGradientsMonitor:
     """Watch the corner: stop the run as soon as it holds more than ``REGION_THRESHOLD`` of the attribution."""
     settings: dict[str, Any] = dict(
         probe=probe,
-        region=CUE_REGION,
-        region_threshold=REGION_THRESHOLD,
-        on_breach="stop",
-        class_names=CLASS_NAMES,
-        color_headroom=1.5,  # the run stops at an early check: little room is needed for attributions to grow
+        alarm=Alarm(region=CUE_REGION, region_threshold=REGION_THRESHOLD, on_breach="stop"),
+        # The run stops at an early check: little room is needed for attributions to grow.
+        display=Display(class_names=CLASS_NAMES, color_headroom=1.5),
     )
-    return IntegratedGradientsMonitor(**{**settings, **overrides})
+    return monitor_with(settings, overrides)
 
 
 def train(mode: str = "cue", max_epochs: int = 10, root: str | Path = RUNS, verbose: bool = True,

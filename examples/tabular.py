@@ -14,8 +14,8 @@ import torch
 from sklearn.datasets import load_breast_cancer
 from torch import nn
 
-from examples.common import RUNS, Classifier, Run, Split, SplitDataModule, example_main, fit, seed
-from ig_lightning import IntegratedGradientsMonitor
+from examples.common import RUNS, Classifier, Run, Split, SplitDataModule, example_main, fit, monitor_with, seed
+from ig_lightning import Alarm, Display, Faithfulness, IntegratedGradientsMonitor, RuleExtraction
 
 _DATASET = load_breast_cancer()
 FEATURE_NAMES: list[str] = [str(name) for name in _DATASET.feature_names]
@@ -64,12 +64,12 @@ def make_monitor(**overrides: Any) -> IntegratedGradientsMonitor:
     """The monitor with the table's feature and class names (rules are flat feature indices)."""
     settings: dict[str, Any] = dict(
         probe=32,
-        feature_names=FEATURE_NAMES,
-        class_names=CLASS_NAMES,
-        top_k=5,
-        drift_metric="topk_jaccard",  # does the set of the top-5 features change?
+        display=Display(feature_names=FEATURE_NAMES, class_names=CLASS_NAMES),
+        rule_extraction=RuleExtraction(top_k=5),
+        faithfulness=Faithfulness(top_k=5),
+        alarm=Alarm(metric="topk_jaccard", top_k=5),  # does the set of the top-5 features change?
     )
-    return IntegratedGradientsMonitor(**{**settings, **overrides})
+    return monitor_with(settings, overrides)
 
 
 def train(max_epochs: int = 10, root: str | Path = RUNS, verbose: bool = True, **trainer_kwargs: Any) -> Run:

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from examples.common import RUNS, Classifier, Run, Split, SplitDataModule, example_main, fit, seed
-from ig_lightning import IntegratedGradientsMonitor
+from examples.common import RUNS, Classifier, Run, Split, SplitDataModule, example_main, fit, monitor_with, seed
+from ig_lightning import Display, Faithfulness, IntegratedGradientsMonitor, RuleExtraction
 
 PAD = "<pad>"
 TRIGGERS: dict[str, tuple[str, ...]] = {
@@ -104,11 +104,11 @@ def make_monitor(**overrides: Any) -> IntegratedGradientsMonitor:
     settings: dict[str, Any] = dict(
         probe=64,  # enough questions of every class for the rules
         layer="embedding",  # token ids are not differentiable: attribute at the embeddings
-        vocabulary=VOCABULARY,
-        class_names=CLASS_NAMES,
-        top_k=5,
+        display=Display(vocabulary=VOCABULARY, class_names=CLASS_NAMES),
+        rule_extraction=RuleExtraction(top_k=5),
+        faithfulness=Faithfulness(top_k=5),
     )
-    return IntegratedGradientsMonitor(**{**settings, **overrides})
+    return monitor_with(settings, overrides)
 
 
 def train(max_epochs: int = 5, root: str | Path = RUNS, verbose: bool = True, n: int = 2000,

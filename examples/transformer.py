@@ -21,9 +21,9 @@ from torch.utils.data import DataLoader
 from transformers import BertConfig, BertForSequenceClassification
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from examples.common import RUNS, Classifier, Run, Split, SplitDataModule, example_main, fit, seed
+from examples.common import RUNS, Classifier, Run, Split, SplitDataModule, example_main, fit, monitor_with, seed
 from examples.text import CLASS_NAMES, FILLERS, TRIGGERS
-from ig_lightning import IntegratedGradientsMonitor
+from ig_lightning import Display, IntegratedGradientsMonitor
 
 SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[UNK]")
 WORDS = [*dict.fromkeys(word for phrase in TRIGGERS.values() for word in phrase), *FILLERS]
@@ -168,8 +168,8 @@ class BertQuestionClassifier(Classifier):
 
 def make_monitor(**overrides: Any) -> IntegratedGradientsMonitor:
     """IG at the word embeddings (baseline: all ``[PAD]``), tokens named by the tokenizer; all else default."""
-    settings: dict[str, Any] = dict(layer=LAYER, vocabulary=TOKENIZER, class_names=CLASS_NAMES)
-    return IntegratedGradientsMonitor(**{**settings, **overrides})
+    settings: dict[str, Any] = dict(layer=LAYER, display=Display(vocabulary=TOKENIZER, class_names=CLASS_NAMES))
+    return monitor_with(settings, overrides)
 
 
 def train(max_epochs: int = 6, root: str | Path = RUNS, verbose: bool = True, n: int = 2000,

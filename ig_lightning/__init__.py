@@ -5,8 +5,8 @@ imported on first use, so ``from ig_lightning import integrated_gradients`` stay
 
 Example::
 
-    >>> from ig_lightning import IntegratedGradientsMonitor, integrated_gradients
-    >>> monitor = IntegratedGradientsMonitor(probe=16, n_steps=32)
+    >>> from ig_lightning import Alarm, IntegratedGradientsMonitor, integrated_gradients
+    >>> monitor = IntegratedGradientsMonitor(probe=16, n_steps=32, alarm=Alarm(threshold="auto"))
 """
 
 from typing import Any
@@ -22,17 +22,24 @@ from ig_lightning.functional import (
 
 __all__ = [
     "METHODS",
+    "Alarm",
     "AttributionDriftError",
+    "Display",
+    "Faithfulness",
     "IGResult",
+    "Inputs",
+    "Integration",
     "IntegratedGradientsMonitor",
     "NonFiniteAttributionWarning",
+    "RuleExtraction",
     "integrated_gradients",
     "quadrature_rule",
     "special_token_baseline",
 ]
 __version__ = "0.1.0"
 
-_MONITOR_NAMES = ("AttributionDriftError", "IntegratedGradientsMonitor")
+_MONITOR_NAMES = ("AttributionDriftError", "IntegratedGradientsMonitor", "Inputs", "Integration", "Alarm",
+                  "RuleExtraction", "Faithfulness", "Display")
 
 
 def __getattr__(name: str) -> Any:

@@ -265,11 +265,13 @@ class Snapshots(Callback):
         self.monitor, self.metrics, self.first, self.previous, self.scales = monitor, [], [], [], []
 
     def on_validation_epoch_end(self, trainer, pl_module):
+        from ig_lightning.monitor.stages import Drift, Pictures
+
         clone = lambda t: None if t is None else t.clone()  # noqa: E731
         self.metrics.append(dict(self.monitor.last_metrics))
-        self.first.append(clone(self.monitor.references.first))
-        self.previous.append(clone(self.monitor.references.previous))
-        self.scales.append(clone(self.monitor.color_scales.scales))
+        self.first.append(clone(self.monitor.stage(Drift).references.first))
+        self.previous.append(clone(self.monitor.stage(Drift).references.previous))
+        self.scales.append(clone(self.monitor.stage(Pictures).scales.scales))
 
 
 def nan_all(module, x, out):

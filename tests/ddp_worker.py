@@ -38,16 +38,17 @@ def main(mode: str, out: str) -> None:
                                         not m.training else None)
         x, y = make_data()[:6]
         x[:3] = 0.0  # rank 0's shard equals the baseline: exact at the first round; rank 1's needs many
-        monitor = IntegratedGradientsMonitor(probe=(x, y), n_steps="auto", tolerance=1e-3, internal_batch_size=4)
+        monitor = IntegratedGradientsMonitor(probe=(x, y), n_steps="auto",
+                                             integration=dict(tolerance=1e-3, internal_batch_size=4))
         t = trainer(out, [monitor], **kw)
         t.validate(model, val, verbose=False)
         torch.save({"calls": calls, "n_steps": monitor.last_result.n_steps,
                     "attributions": monitor.last_result.attributions}, f"{out}/lockstep_rank{t.global_rank}.pt")
     elif mode == "raise":
-        monitor = IntegratedGradientsMonitor(probe=6, n_steps=4, drift_threshold=0.0, on_breach="raise")
+        monitor = IntegratedGradientsMonitor(probe=6, n_steps=4, alarm=dict(threshold=0.0, on_breach="raise"))
         trainer(out, [monitor], max_epochs=4, **kw).fit(model, train, val)
     elif mode == "stop":
-        monitor = IntegratedGradientsMonitor(probe=6, n_steps=4, drift_threshold=0.0, on_breach="stop")
+        monitor = IntegratedGradientsMonitor(probe=6, n_steps=4, alarm=dict(threshold=0.0, on_breach="stop"))
         t = trainer(out, [monitor], max_epochs=6, **kw)
         t.fit(model, train, val)
         torch.save({"epoch": t.current_epoch}, f"{out}/stop_rank{t.global_rank}.pt")

@@ -52,11 +52,11 @@ def main(mode: str, out: str) -> None:
                 if os.environ.get("LOCAL_RANK", "0") == "0":  # rank-zero work fails on rank 0 only
                     SummaryWriter.add_histogram = enospc
                     report_module.open = enospc
-                monitor = IntegratedGradientsMonitor(probe=5, n_steps=4, on_breach="stop")
+                monitor = IntegratedGradientsMonitor(probe=5, n_steps=4, alarm=dict(on_breach="stop"))
                 t = trainer(out, [monitor], max_epochs=5, logger=TensorBoardLogger(out, name="tb"), **kw)
                 t.fit(NaNInEval(start=1), train, val)
             else:
-                monitor = IntegratedGradientsMonitor(probe=5, n_steps=4, on_breach="raise")
+                monitor = IntegratedGradientsMonitor(probe=5, n_steps=4, alarm=dict(on_breach="raise"))
                 t = trainer(out, [monitor], max_epochs=4, **kw)
                 t.fit(NaNInEval(), train, val)
         except Exception as error:

@@ -35,10 +35,10 @@ MIN_STEPS = {method: (2 if method == "riemann_trapezoid" else 1) for method in M
 AUTO_MIN_STEPS = 3
 
 
-def validate_method(method: object) -> str:
+def validate_method(method: object, name: str = "method") -> str:
     """Return ``method`` if it names a rule, else raise naming the bad value."""
     if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+        raise ValueError(f"`{name}` must be one of {METHODS}, got {method!r}")
     return method
 
 

@@ -102,7 +102,7 @@ class Explainer:
         if attribute is not None:
             missing = [a for a in attribute if a not in inputs.names]
             if missing:
-                raise ValueError(f"`attribute` names inputs {missing} that the probe does not have; it has "
+                raise ValueError(f"`inputs.attribute` names inputs {missing} that the probe does not have; it has "
                                  f"{inputs.names}")
             return list(attribute)
         if with_layer:
@@ -217,7 +217,7 @@ class Explainer:
         if same:
             where = f"the output of `layer` {self.layer_name!r}" if self.layer is not None else "the attributed inputs"
             raise ValueError(f"{where} on the `baseline` equals that on the probe for every example: there is nothing "
-                             f"to attribute (attributed inputs: {self.names}; check `attribute` and `baseline`)")
+                             f"to attribute (attributed inputs: {self.names}; check `inputs.attribute` and `baseline`)")
         return base_outputs
 
     def attribute(self, trainer: Any, model: nn.Module, inputs: ModelInputs, targets: torch.Tensor | None,

@@ -4,7 +4,7 @@ Example::
 
     >>> policy = BreachPolicy({"ig/drift": 0.3}, warmup=0, patience=1, on_breach="warn")
     >>> policy.find({"ig/drift": 0.5}, checks=1, epoch=3)
-    ['ig/drift (drift from the reference check (drift_metric, over the probe)) = 0.5 > drift_threshold=0.3 at epoch 3']
+    ['ig/drift (drift from the reference check (alarm.metric, over the probe)) = 0.5 > alarm.threshold=0.3 at epoch 3']
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from ig_lightning.monitor.config import METRICS, ON_BREACH, THRESHOLDS
+from ig_lightning.monitor.config import METRICS, THRESHOLDS
 from ig_lightning.monitor.probe import ModelInputs
+from ig_lightning.monitor.settings import ON_BREACH
 
 __all__ = ["ON_BREACH", "AttributionDriftError", "BreachPolicy", "find_faults"]
 
@@ -55,15 +56,21 @@ class BreachPolicy:
     def streak(self, value: int) -> None:  # checkpoints of earlier versions kept a streak of checks in a row
         self.recent = [True] * min(int(value), self.window)
 
-    def find(self, metrics: dict[str, float], checks: int, epoch: int, faults: list[str] | None = None) -> list[str]:
-        """What this check breaches; ``checks`` counts this check."""
+    def find(self, metrics: dict[str, float], checks: int, epoch: int, faults: list[str] | None = None,
+             limits: dict[str, float] | None = None, describe: dict[str, str] | None = None) -> list[str]:
+        """What this check breaches; ``checks`` counts this check. ``limits`` and ``describe``, when given (by the
+        check's stages), replace the policy's own for this check and the next ones."""
+        if limits is not None:
+            self.limits = dict(limits)
+        if describe is not None:
+            self.describe = dict(describe)
         found = list(faults or [])
         if checks <= self.warmup:
             return found
         for name, limit in self.limits.items():
             value = metrics.get(name)
             if value is not None and value > limit:
-                key = name.split("/", 1)[1]
+                key = name.rsplit("/", 1)[1]  # ig/<key> or ig/<monitor name>/<key>
                 what = self.describe.get(name, METRICS.get(key, key))
                 found.append(f"{name} ({what}) = {value:.4g} > {THRESHOLDS[key]}={limit:g} at epoch {epoch}")
         return found

@@ -82,7 +82,7 @@ def take_probe_from(trainer: Trainer, config: MonitorConfig) -> Probe:
     if loader is None:
         raise ValueError("`probe` is an int but the trainer has no validation dataloader to take it from: pass "
                          "`val_dataloaders` (or a datamodule with `val_dataloader`), or a Tensor probe")
-    probe = take_probe(loader, config.probe_size, config.unpack, config.probe_selection)
+    probe = take_probe(loader, config.probe_size, config.inputs.unpack_batch, config.inputs.probe_selection)
     # Map-style datasets give every rank the same probe; broadcasting also covers iterable ones.
     probe = Probe.from_state(trainer.strategy.broadcast(probe.state(), src=0))
     warn_about_coverage(probe, config.probe_size)
@@ -137,7 +137,7 @@ def resolve_baseline(config: MonitorConfig, probe: Probe) -> Any:
         return config.baseline
     preferred = [k for k in LAYER_INPUT_KEYS if k in probe.inputs.kwargs]
     ids = probe.inputs[preferred[0] if preferred else probe.inputs.names[0]]
-    return special_token_baseline(ids, config.vocabulary)
+    return special_token_baseline(ids, config.display.vocabulary)
 
 
 def validate(config: MonitorConfig, probe: Probe, explainer: Explainer, model: nn.Module, batch: int) -> str:
@@ -182,13 +182,15 @@ def validate_outputs(config: MonitorConfig, probe: Probe, explainer: Explainer, 
     # Targets are fixed at the first check; resolving them now only validates them (labels in range, ...).
     resolve_targets(config.target, outputs, None if config.target == "prediction" else probe.labels)
     n_classes = None if single else outputs.shape[1]
-    if config.class_names is not None and n_classes is not None and len(config.class_names) != n_classes:
-        raise ValueError(f"`class_names` has {len(config.class_names)} names but the model has {n_classes} outputs")
+    display = config.display
+    if display.class_names is not None and n_classes is not None and len(display.class_names) != n_classes:
+        raise ValueError(f"`display.class_names` has {len(display.class_names)} names but the model has {n_classes} "
+                         "outputs")
     primary = probe.inputs[explainer.names[0]]
     shape = tuple(primary.shape[1:])
     if layer_values:
         shape = tuple(layer_scores(torch.zeros(1, *layer_values[0].shape[1:]), primary.shape).shape[1:])
-    kind = decide_kind(config.kind, primary, shape, config.layer)
+    kind = decide_kind(display.kind, primary, shape, config.layer)
     if kind == "image" and layer_values and shape != tuple(primary.shape[1:]):
         how = layer_map(layer_values[0].shape, primary.shape)[0]
         rank_zero_info(f"IntegratedGradientsMonitor: `layer` {config.layer!r} gives {tuple(layer_values[0].shape[1:])}"
@@ -199,15 +201,18 @@ def validate_outputs(config: MonitorConfig, probe: Probe, explainer: Explainer, 
         rank_zero_info(f"IntegratedGradientsMonitor: `layer` {config.layer!r} gives {shape} per example, which maps "
                        "onto no input image or token sequence: drawn as bars, one per layer unit")
     features = math.prod(shape)
-    if kind == "tabular" and config.feature_names is not None and len(config.feature_names) != features:
-        raise ValueError(f"`feature_names` has {len(config.feature_names)} names but the inputs have {features} "
-                         "features")
-    vocab = config.vocabulary
+    if kind == "tabular" and display.feature_names is not None and len(display.feature_names) != features:
+        raise ValueError(f"`display.feature_names` has {len(display.feature_names)} names but the inputs have "
+                         f"{features} features")
+    vocab = display.vocabulary
     if kind == "text" and isinstance(vocab, list) and int(primary.max()) >= len(vocab):
-        raise ValueError(f"`vocabulary` has {len(vocab)} tokens but the probe holds token id {int(primary.max())}")
-    if config.drift_metric == "topk_jaccard" and features <= config.top_k:
-        rank_zero_warn(f"IntegratedGradientsMonitor: drift_metric='topk_jaccard' compares the top_k={config.top_k} "
-                       f"features of each example, but the probe has {features}: it is always 0 (lower top_k)")
+        raise ValueError(f"`display.vocabulary` has {len(vocab)} tokens but the probe holds token id "
+                         f"{int(primary.max())}")
+    alarm = config.alarm
+    if alarm.metric == "topk_jaccard" and features <= alarm.top_k:
+        rank_zero_warn(f"IntegratedGradientsMonitor: alarm.metric='topk_jaccard' compares the alarm.top_k="
+                       f"{alarm.top_k} features of each example, but the probe has {features}: it is always 0 "
+                       "(lower alarm.top_k)")
     labels = probe.labels
     if is_one_hot(labels) and config.target in ("auto", "label"):
         rank_zero_info("IntegratedGradientsMonitor: the probe's labels are one-hot rows (B, C): their argmax is "
@@ -219,12 +224,12 @@ def validate_outputs(config: MonitorConfig, probe: Probe, explainer: Explainer, 
         rank_zero_warn(f"IntegratedGradientsMonitor: the probe's labels ({labels.dtype}, shape "
                        f"{tuple(labels.shape)}) are not class indices, so target='auto' explains the prediction; "
                        "if `probe` is a pair of inputs, pass it as ((a, b), None)")
-    if config.region is not None:
+    if alarm.region is not None:
         try:
-            config.region.expand(shape)
+            alarm.region.expand(shape)
         except RuntimeError:
-            raise ValueError(f"`region` of shape {tuple(config.region.shape)} does not broadcast to one example's "
-                             f"scores {shape}") from None
+            raise ValueError(f"`alarm.region` of shape {tuple(alarm.region.shape)} does not broadcast to one "
+                             f"example's scores {shape}") from None
     return kind
 
 
@@ -278,9 +283,9 @@ def decide_kind(kind: str, primary: torch.Tensor, shape: tuple[int, ...], layer:
     resolved = kind if kind != "auto" else "image" if image_map else infer_kind(primary, fake_scores, layer)
     if resolved == "image" and not image_map and (fake_scores.ndim not in (3, 4) or shape != tuple(primary.shape[1:])):
         if kind == "image":
-            raise ValueError(f"`kind`='image' needs attributions shaped like the input image "
+            raise ValueError(f"`display.kind`='image' needs attributions shaped like the input image "
                              f"{tuple(primary.shape[1:])} or a map over it, got {shape} (at `layer`={layer!r})")
         resolved = "tabular"
     if resolved == "text" and (primary.is_floating_point() or layer is None):
-        raise ValueError("`kind`='text' needs integer token ids attributed at an embedding `layer`")
+        raise ValueError("`display.kind`='text' needs integer token ids attributed at an embedding `layer`")
     return resolved

@@ -59,7 +59,7 @@ class ModelInputs:
     kwargs: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, inputs: Any, what: str = "`unpack`") -> ModelInputs:
+    def of(cls, inputs: Any, what: str = "`inputs.unpack`") -> ModelInputs:
         """A Tensor (one positional input), a tuple/list (positional) or a dict (keyword) of tensors."""
         if isinstance(inputs, ModelInputs):
             return inputs
@@ -229,12 +229,12 @@ def unpack_checked(unpack: Unpack, batch: Any) -> tuple[ModelInputs, torch.Tenso
     except Exception as error:
         if unpack is default_unpack:
             raise
-        raise ValueError(f"`unpack` raised {type(error).__name__}: {error} on a validation batch") from error
+        raise ValueError(f"`inputs.unpack` raised {type(error).__name__}: {error} on a validation batch") from error
     if not (isinstance(out, tuple) and len(out) == 2):
-        raise TypeError(f"`unpack` must return (inputs, labels or None), got {type(out).__name__}")
+        raise TypeError(f"`inputs.unpack` must return (inputs, labels or None), got {type(out).__name__}")
     inputs, labels = ModelInputs.of(out[0]), out[1]
     if labels is not None and not isinstance(labels, torch.Tensor):
-        raise TypeError(f"`unpack` must return labels as a Tensor or None, got {type(labels).__name__}")
+        raise TypeError(f"`inputs.unpack` must return labels as a Tensor or None, got {type(labels).__name__}")
     return inputs, labels
 
 

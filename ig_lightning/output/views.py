@@ -290,7 +290,8 @@ def infer_kind(inputs: torch.Tensor, scores: torch.Tensor, layer: object) -> str
 
 
 def make_view(kind: str, config: Any) -> View:
-    """The view for ``kind`` (decided once, before training), with the names and sizes of ``config``."""
+    """The view for ``kind`` (decided once, before training), with the names and sizes of ``config`` (the
+    monitor's ``Display`` settings)."""
     if kind == "text":
         return TextView(config.vocabulary, config.class_names, config.max_images)
     if kind == "tabular":

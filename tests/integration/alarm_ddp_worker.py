@@ -6,6 +6,7 @@ from alarm_helpers import fit_with_change
 from conftest import worker_main
 
 from ig_lightning import IntegratedGradientsMonitor
+from ig_lightning.monitor.stages import Drift
 
 
 def main(mode: str, out: str) -> None:
@@ -25,9 +26,9 @@ def main(mode: str, out: str) -> None:
         from conftest import Net, data_loaders, trainer
 
         torch.manual_seed(0)
-        common = dict(probe=8, tolerance=1e-3, log_images=False, deletion_check=False)
-        cold = IntegratedGradientsMonitor(name="cold", **common)
-        warm = IntegratedGradientsMonitor(name="warm", warm_start=True, **common)
+        common = dict(probe=8, display=dict(log_images=False), faithfulness=dict(deletion=False))
+        cold = IntegratedGradientsMonitor(name="cold", integration=dict(tolerance=1e-3), **common)
+        warm = IntegratedGradientsMonitor(name="warm", integration=dict(tolerance=1e-3, warm_start=True), **common)
         seen = []
         from lightning.pytorch import Callback
 
@@ -43,10 +44,10 @@ def main(mode: str, out: str) -> None:
                    f"{out}/warm_rank{t.global_rank}.pt")
         return
     on_breach = "stop" if mode == "stop" else "warn"
-    monitor = IntegratedGradientsMonitor(probe=8, n_steps=8, drift_threshold="auto", on_breach=on_breach)
+    monitor = IntegratedGradientsMonitor(probe=8, n_steps=8, alarm=dict(threshold="auto", on_breach=on_breach))
     t, recorder = fit_with_change(out, monitor, epochs=7, change_at=5, strategy="ddp", devices=2, accelerator="cpu")
     torch.save({"epoch": t.current_epoch, "ratios": [m.get("ig/drift_ratio") for m in recorder.metrics],
-                "indices": monitor.probe.indices, "history": monitor.drift_history.values},
+                "indices": monitor.probe.indices, "history": monitor.stage(Drift).history.values},
                f"{out}/alarm_rank{t.global_rank}.pt")
 
 

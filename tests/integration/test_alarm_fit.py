@@ -13,14 +13,15 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from ig_lightning import AttributionDriftError, IntegratedGradientsMonitor
 from ig_lightning.monitor.tracking import MIN_HISTORY
+from ig_lightning.monitor.stages import Drift
 
 
-def auto_monitor(**kw) -> IntegratedGradientsMonitor:
-    return IntegratedGradientsMonitor(**{"probe": 8, "n_steps": 8, "drift_threshold": "auto", **kw})
+def auto_monitor(**alarm) -> IntegratedGradientsMonitor:
+    return IntegratedGradientsMonitor(probe=8, n_steps=8, alarm={"threshold": "auto", **alarm})
 
 
 def test_a_change_of_reasons_is_caught_at_the_first_check_after_it(tmp_path):
-    with pytest.raises(AttributionDriftError, match=r"ig/drift_ratio .* > drift_factor=5 at epoch 5"):
+    with pytest.raises(AttributionDriftError, match=r"ig/drift_ratio .* > alarm.factor=5 at epoch 5"):
         fit_with_change(tmp_path, auto_monitor(on_breach="raise"), epochs=7, change_at=5)
 
 
@@ -43,7 +44,7 @@ def test_it_never_fires_while_it_calibrates_even_on_a_huge_change(tmp_path):
 
 
 def test_a_fixed_threshold_keeps_watching_the_probe_mean(tmp_path):
-    monitor = IntegratedGradientsMonitor(probe=8, n_steps=8, drift_threshold=0.5, on_breach="raise")
+    monitor = IntegratedGradientsMonitor(probe=8, n_steps=8, alarm=dict(threshold=0.5, on_breach="raise"))
     with pytest.raises(AttributionDriftError, match=r"ig/drift \(cosine vs previous check\) = .* at epoch 5"):
         fit_with_change(tmp_path, monitor, epochs=7, change_at=5)
 
@@ -82,15 +83,15 @@ def test_resume_continues_calibrating_where_the_run_left(tmp_path):
     fit_with_change(tmp_path / "a", first, epochs=5, change_at=None, extra=[ckpt], enable_checkpointing=True)
     saved = torch.load(ckpt.last_model_path, weights_only=True)
     state = next(v for k, v in saved["callbacks"].items() if k.startswith("IntegratedGradientsMonitor"))
-    assert state["drift_history"]["drift_class_max"] == first.drift_history.values["drift_class_max"]
+    assert state["drift_history"]["drift_class_max"] == first.stage(Drift).history.values["drift_class_max"]
     assert len(state["drift_history"]["drift_class_max"]) == 4
     resumed = auto_monitor()
     _, rec = fit_with_change(tmp_path / "b", resumed, epochs=6, change_at=None, ckpt_path=ckpt.last_model_path)
     assert resumed.probe.indices == first.probe.indices  # the stratified probe is kept across the resume
     assert resumed.checks == 6
-    kept = resumed.drift_history.values["drift_class_max"]
-    assert kept[:4] == first.drift_history.values["drift_class_max"] and len(kept) == 5
+    kept = resumed.stage(Drift).history.values["drift_class_max"]
+    assert kept[:4] == first.stage(Drift).history.values["drift_class_max"] and len(kept) == 5
     # the first check after the resume already has a calibrated ratio (a fresh monitor needs 4 more checks)
-    history = first.drift_history.values["drift_class_max"]
+    history = first.stage(Drift).history.values["drift_class_max"]
     expected = rec.metrics[0]["ig/drift_class_max"] / max(statistics.median(history), 1e-3)
     assert rec.metrics[0]["ig/drift_ratio"] == pytest.approx(expected)

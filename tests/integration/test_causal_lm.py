@@ -35,7 +35,7 @@ def explain(model: C.NextTokenLM, side: str, tmp_path) -> tuple[IntegratedGradie
     """``trainer.validate`` with the monitor on the prompts padded on ``side``; the probe it explained."""
     rows = C.pad(PROMPTS, side, LENGTH)
     monitor = IntegratedGradientsMonitor(probe=PROBE, layer=C.LAYER, target="prediction", baseline=C.PAD_ID,
-                                         n_steps=N_STEPS, log_images=False)
+                                         n_steps=N_STEPS, display=dict(log_images=False))
     trainer(tmp_path / side, [monitor], max_epochs=1).validate(model, DataLoader(rows, batch_size=4), verbose=False)
     indices = list(monitor.probe.indices)
     probe = {k: torch.stack([rows[i][k] for i in indices]) for k in ("input_ids", "attention_mask")}

@@ -42,7 +42,7 @@ def test_gathered_attributions_equal_a_single_process_run(tmp_path):
 def test_raise_happens_on_every_rank_without_deadlock(tmp_path):
     proc = run_worker("raise", tmp_path)
     assert proc.returncode != 0
-    assert "AttributionDriftError" in proc.stderr and "drift_threshold=0 at epoch 1" in proc.stderr
+    assert "AttributionDriftError" in proc.stderr and "alarm.threshold=0 at epoch 1" in proc.stderr
 
 
 def test_stop_stops_every_rank_at_the_same_epoch(tmp_path):
@@ -88,7 +88,8 @@ def test_auto_runs_the_same_forward_passes_on_every_rank(tmp_path):
     model = TinyCNN()
     x, y = make_data()[:6]
     x[:3] = 0.0
-    single = IntegratedGradientsMonitor(probe=(x, y), n_steps="auto", tolerance=1e-3, internal_batch_size=4)
+    single = IntegratedGradientsMonitor(probe=(x, y), n_steps="auto",
+                                        integration=dict(tolerance=1e-3, internal_batch_size=4))
     trainer(tmp_path / "single", [single]).validate(model, loaders()[1], verbose=False)
     for got in ranks:
         torch.testing.assert_close(got["attributions"], single.last_result.attributions, rtol=1e-5, atol=1e-7)

@@ -62,7 +62,7 @@ def test_question_generator_plants_exactly_one_trigger_phrase() -> None:
 def test_tabular_rules_are_feature_indices_with_names(tmp_path: Path) -> None:
     run = tabular.train(max_epochs=2, root=tmp_path, verbose=False)
     monitor = run.monitor
-    assert list(monitor.feature_names) == tabular.FEATURE_NAMES and len(tabular.FEATURE_NAMES) == 30
+    assert list(monitor.display.feature_names) == tabular.FEATURE_NAMES and len(tabular.FEATURE_NAMES) == 30
     assert set(monitor.rules) == {0, 1}
     keys = [key for rules in monitor.rules.values() for key, _ in rules]
     assert all(isinstance(key, int) and 0 <= key < 30 for key in keys)

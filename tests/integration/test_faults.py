@@ -54,6 +54,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 
 from ig_lightning import AttributionDriftError, IntegratedGradientsMonitor
+from ig_lightning.monitor.stages import Drift
 from ig_lightning.output import report as report_module
 from ig_lightning.output import record as record_module
 
@@ -141,23 +142,27 @@ START_ERRORS = {
                        "`baseline` dtype torch.int64 does not match"),
     "float_baseline_for_token_ids": ("text", Net, dict(probe=4, layer="embedding", baseline=0.5), TypeError,
                                      "`baseline` must be an int for integer inputs"),
-    "region_shape": ("image", Net, dict(probe=4, region=torch.ones(5, 5, dtype=torch.bool)), ValueError,
-                     "`region` of shape"),
+    "region_shape": ("image", Net, dict(probe=4, alarm=dict(region=torch.ones(5, 5, dtype=torch.bool))),
+                     ValueError,
+                     "`alarm.region` of shape"),
     "missing_layer": ("image", Net, dict(probe=4, layer="net.99"), ValueError, "`layer` 'net.99' is not a submodule"),
     "layer_used_twice": ("tabular", UsesLayerTwice, dict(probe=4, layer="net.1"), ValueError, "`layer`"),
     "layer_never_runs": ("tabular", NeverUsesLayer, dict(probe=4, layer="unused"), ValueError, "`layer`"),
     "layer_not_batch_first": ("tabular", TransposedLayer, dict(probe=4, layer="flip"), ValueError,
                               "`layer` output holds a tensor of shape"),
-    "attribute_unknown_input": ("image", Net, dict(probe=4, attribute="pixels"), ValueError,
-                                "`attribute` names inputs \\['pixels'\\]"),
-    "class_names_count": ("image", Net, dict(probe=4, class_names=["a", "b", "c"]), ValueError,
-                          "`class_names` has 3 names but the model has 4 outputs"),
-    "feature_names_count": ("tabular", Net, dict(probe=4, feature_names=["a", "b"]), ValueError,
-                            "`feature_names` has 2 names but the inputs have 5 features"),
-    "vocabulary_too_short": ("text", Net, dict(probe=4, layer="embedding", vocabulary=["<pad>", "a", "b"]),
-                             ValueError, "`vocabulary` has 3 tokens but the probe holds token id"),
-    "image_kind_on_tabular": ("tabular", Net, dict(probe=4, kind="image"), ValueError, "`kind`='image' needs"),
-    "text_kind_without_layer": ("tabular", Net, dict(probe=4, kind="text"), ValueError, "`kind`='text' needs"),
+    "attribute_unknown_input": ("image", Net, dict(probe=4, inputs=dict(attribute="pixels")), ValueError,
+                                "`inputs.attribute` names inputs \\['pixels'\\]"),
+    "class_names_count": ("image", Net, dict(probe=4, display=dict(class_names=["a", "b", "c"])), ValueError,
+                          "`display.class_names` has 3 names but the model has 4 outputs"),
+    "feature_names_count": ("tabular", Net, dict(probe=4, display=dict(feature_names=["a", "b"])), ValueError,
+                            "`display.feature_names` has 2 names but the inputs have 5 features"),
+    "vocabulary_too_short": ("text", Net, dict(probe=4, layer="embedding",
+                                               display=dict(vocabulary=["<pad>", "a", "b"])),
+                             ValueError, "`display.vocabulary` has 3 tokens but the probe holds token id"),
+    "image_kind_on_tabular": ("tabular", Net, dict(probe=4, display=dict(kind="image")), ValueError,
+                              "`display.kind`='image' needs"),
+    "text_kind_without_layer": ("tabular", Net, dict(probe=4, display=dict(kind="text")), ValueError,
+                                "`display.kind`='text' needs"),
     "token_ids_without_layer": ("text", Net, dict(probe=4), ValueError, "pass `layer=`"),
     "softmax_over_single_output": ("tabular", lambda: Net("tabular", classes=1), dict(probe=4,
                                    output_transform="softmax"), ValueError, "`output_transform`='softmax'"),
@@ -166,8 +171,8 @@ START_ERRORS = {
     "model_raises_on_the_probe": ("image", RaisesInEval, dict(probe=4), RuntimeError, "boom in eval"),
     "outputs_not_2d": ("text", PerPosition, dict(probe=4, layer="embedding"), ValueError,
                        r"the model must give one output \(B,\) or one row of outputs \(B, C\) per example"),
-    "unpack_returns_junk": ("image", Net, dict(probe=4, unpack=lambda batch: batch[0]), TypeError,
-                            "`unpack` must return"),
+    "unpack_returns_junk": ("image", Net, dict(probe=4, inputs=dict(unpack=lambda batch: batch[0])), TypeError,
+                            "`inputs.unpack` must return"),
 }
 
 
@@ -187,9 +192,9 @@ def test_configuration_errors_are_found_before_the_first_training_step(tmp_path,
 @pytest.mark.parametrize("with_sanity_check", [False, True])
 def test_start_check_runs_even_when_the_first_validation_is_late(tmp_path, with_sanity_check):
     # check_val_every_n_epoch=3: no validation data is loaded before epoch 2, yet the probe is checked at once.
-    monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, class_names=["a", "b"])
+    monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, display=dict(class_names=["a", "b"]))
     model = Net()
-    with pytest.raises(ValueError, match="`class_names` has 2 names"):
+    with pytest.raises(ValueError, match="`display.class_names` has 2 names"):
         fit_net(tmp_path, monitor, model=model, max_epochs=3, check_val_every_n_epoch=3,
             num_sanity_val_steps=2 if with_sanity_check else 0)
     assert model.steps == 0
@@ -232,7 +237,7 @@ def test_resumed_checkpoint_with_other_probe_settings_warns_and_takes_the_probe_
         model.on_first_step = lambda: seen.extend(monitor_messages(caught))
         t, _ = fit_net(tmp_path, resumed, model=model, max_epochs=2, ckpt_path=ckpt.last_model_path)
     assert any("other settings" in m and "probe" in m for m in seen)
-    assert len(resumed.probe) == 4 and resumed.references.first.shape[0] == 4 and t.current_epoch == 2
+    assert len(resumed.probe) == 4 and resumed.stage(Drift).references.first.shape[0] == 4 and t.current_epoch == 2
 
 
 def test_one_monitor_reused_for_another_model_warns_and_resets(tmp_path):
@@ -277,7 +282,8 @@ class CountsPoints(Net):
                          [(None, 4, 2), (None, 6, 3), (None, 1, 1), (16, 4, 16)])
 def test_points_per_forward_default_to_half_the_training_batch_size(tmp_path, internal_batch_size, train_batch,
                                                                    expected):
-    monitor = IntegratedGradientsMonitor(probe=8, n_steps=8, internal_batch_size=internal_batch_size)
+    monitor = IntegratedGradientsMonitor(probe=8, n_steps=8,
+                                         integration=dict(internal_batch_size=internal_batch_size))
     model = CountsPoints()
     torch.manual_seed(0)
     data = dataset("tabular")
@@ -300,7 +306,7 @@ def test_points_per_forward_under_validate_default_to_half_the_validation_batch_
 def test_nan_outputs_are_a_breach_handled_by_on_breach(tmp_path, on_breach):
     model = Net()
     model.poison = nan_all
-    monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, on_breach=on_breach)
+    monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, alarm=dict(on_breach=on_breach))
     with caught_warnings() as caught:
         if on_breach == "raise":
             with pytest.raises(AttributionDriftError, match=r"for 4 of 4 probe examples \[0, 1, 2, 3\]: the values "
@@ -317,7 +323,7 @@ def test_nan_outputs_are_a_breach_handled_by_on_breach(tmp_path, on_breach):
 def test_infinite_outputs_are_a_breach(tmp_path):
     model = Net("tabular")
     model.poison = inf_all
-    monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, on_breach="raise")
+    monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, alarm=dict(on_breach="raise"))
     with pytest.raises(AttributionDriftError, match="the values come from the model's outputs"):
         fit_net(tmp_path, monitor, "tabular", model=model, max_epochs=1)
 
@@ -331,7 +337,7 @@ def test_nonfinite_gradients_with_finite_outputs_are_blamed_on_gradients(tmp_pat
         x[at, 0] = 0.0
     model = Net("tabular")
     model.poison = poison
-    monitor = IntegratedGradientsMonitor(probe=(x, y), n_steps=4, on_breach="raise")
+    monitor = IntegratedGradientsMonitor(probe=(x, y), n_steps=4, alarm=dict(on_breach="raise"))
     with pytest.raises(AttributionDriftError) as raised:
         fit_net(tmp_path, monitor, "tabular", model=model, max_epochs=1)
     message = str(raised.value)
@@ -343,7 +349,7 @@ def test_nan_in_the_probe_taken_from_the_data_is_blamed_on_the_probe(tmp_path):
     x, y = dataset("tabular")[:8]
     x = x.clone()
     x[1, 3] = NAN
-    monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, on_breach="warn")
+    monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, alarm=dict(on_breach="warn"))
     with caught_warnings() as caught:
         t, _ = fit_net(tmp_path, monitor, "tabular", val=TensorDataset(x, y), max_epochs=2,
                    logger=TensorBoardLogger(tmp_path, name="tb"))
@@ -361,7 +367,7 @@ def test_faults_of_several_sources_in_one_check_are_each_named(tmp_path):
     x[4, 0] = 0.0  # NaN gradient only
     model = Net("tabular")
     model.poison = lambda m, inputs, out: nan_gradient_at_zero(m, inputs, nan_marked(m, inputs, out))
-    monitor = IntegratedGradientsMonitor(probe=5, n_steps=4, on_breach="raise")
+    monitor = IntegratedGradientsMonitor(probe=5, n_steps=4, alarm=dict(on_breach="raise"))
     with pytest.raises(AttributionDriftError) as raised:
         make_trainer(tmp_path, [monitor]).validate(model, DataLoader(TensorDataset(x, y), batch_size=8), verbose=False)
     message = str(raised.value)
@@ -371,9 +377,10 @@ def test_faults_of_several_sources_in_one_check_are_each_named(tmp_path):
 
 
 KIND_KW = {
-    "image": dict(class_names=["a", "b", "c", "d"]),
-    "tabular": dict(feature_names=list("vwxyz"), class_names=["a", "b", "c", "d"]),
-    "text": dict(layer="embedding", vocabulary=[f"t{i}" for i in range(10)], class_names=["a", "b", "c", "d"]),
+    "image": dict(display=dict(class_names=["a", "b", "c", "d"])),
+    "tabular": dict(display=dict(feature_names=list("vwxyz"), class_names=["a", "b", "c", "d"])),
+    "text": dict(layer="embedding",
+                 display=dict(vocabulary=[f"t{i}" for i in range(10)], class_names=["a", "b", "c", "d"])),
 }
 KIND_TAG = {"image": "ig/attribution_maps", "tabular": "ig/feature_attributions/probe_mean",
             "text": "ig/token_attributions"}
@@ -389,7 +396,7 @@ def test_nan_outputs_never_break_pictures_rules_or_drift(tmp_path, kind, which):
     x, y = probe_with_marker(kind)
     model = Net(kind)
     model.poison = {"one": nan_marked, "all": nan_all, "inf_one": inf_marked}[which]
-    monitor = IntegratedGradientsMonitor(probe=(x, y), n_steps=4, drift_threshold=10.0, **KIND_KW[kind])
+    monitor = IntegratedGradientsMonitor(probe=(x, y), n_steps=4, **KIND_KW[kind], alarm=dict(threshold=10.0))
     logger = TensorBoardLogger(tmp_path, name="tb")
     with caught_warnings() as caught:
         t, _ = fit_net(tmp_path, monitor, kind, model=model, max_epochs=2, logger=logger)
@@ -409,7 +416,7 @@ def test_nan_outputs_never_break_pictures_rules_or_drift(tmp_path, kind, which):
 def test_a_nonfinite_first_check_is_never_a_reference_and_later_checks_work(tmp_path, reference):
     model = Net()
     model.poison = nan_at_first_epoch
-    monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, drift_threshold=0.0, drift_reference=reference)
+    monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, alarm=dict(threshold=0.0, reference=reference))
     snaps = Snapshots(monitor)
     with caught_warnings() as caught:
         t, _ = fit_net(tmp_path, monitor, model=model, max_epochs=3, callbacks=[snaps],
@@ -420,8 +427,8 @@ def test_a_nonfinite_first_check_is_never_a_reference_and_later_checks_work(tmp_
     assert snaps.metrics[0]["ig/nonfinite_examples"] == 4 and "ig/drift" not in snaps.metrics[0]
     assert snaps.metrics[1]["ig/nonfinite_examples"] == 0 and "ig/drift" not in snaps.metrics[1]  # nothing to compare
     assert math.isfinite(snaps.metrics[2]["ig/drift"]) and snaps.metrics[2]["ig/drift"] > 0
-    assert any("drift_threshold=0 at epoch 2" in m for m in messages)  # the threshold fires again
-    assert not any("drift_threshold=0 at epoch 1" in m for m in messages)
+    assert any("alarm.threshold=0 at epoch 2" in m for m in messages)  # the threshold fires again
+    assert not any("alarm.threshold=0 at epoch 1" in m for m in messages)
     assert torch.isfinite(snaps.first[2]).all() and torch.equal(snaps.first[2], snaps.previous[1])
     assert torch.isfinite(snaps.scales[1]).all() and t.current_epoch == 3
 
@@ -430,7 +437,7 @@ def test_one_nonfinite_example_gets_its_reference_at_the_next_finite_check(tmp_p
     x, y = probe_with_marker("image")
     model = Net()
     model.poison = nan_marked_at_first_epoch
-    monitor = IntegratedGradientsMonitor(probe=(x, y), n_steps=4, drift_reference="first")
+    monitor = IntegratedGradientsMonitor(probe=(x, y), n_steps=4, alarm=dict(reference="first"))
     snaps = Snapshots(monitor)
     with caught_warnings():
         fit_net(tmp_path, monitor, model=model, max_epochs=3, callbacks=[snaps])
@@ -450,7 +457,7 @@ def nan_at_second_epoch(module, x, out):
 def test_a_nonfinite_check_between_finite_ones_is_skipped_as_previous_reference(tmp_path):
     model = Net()
     model.poison = nan_at_second_epoch
-    monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, drift_reference="previous", on_breach="warn")
+    monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, alarm=dict(reference="previous", on_breach="warn"))
     snaps = Snapshots(monitor)
     with caught_warnings() as caught:
         t, _ = fit_net(tmp_path, monitor, model=model, max_epochs=3, callbacks=[snaps])
@@ -466,7 +473,8 @@ def test_nonfinite_values_with_auto_steps_are_a_breach_not_a_crash(tmp_path, poi
     torch.manual_seed(0)
     model = Net("tabular")
     model.poison = poison
-    monitor = IntegratedGradientsMonitor(probe=4, n_steps="auto", max_steps=16, on_breach="raise")
+    monitor = IntegratedGradientsMonitor(probe=4, n_steps="auto", integration=dict(max_steps=16),
+                                         alarm=dict(on_breach="raise"))
     with pytest.raises(AttributionDriftError, match=f"4 of 4 probe examples \\[0, 1, 2, 3\\]: the values come from "
                                                     f"{source}"):
         make_trainer(tmp_path, [monitor]).validate(model, data_loaders("tabular")[1], verbose=False)
@@ -479,8 +487,9 @@ def test_region_mass_and_completeness_stay_finite_with_one_nonfinite_example(tmp
     model.poison = nan_marked
     region = torch.zeros(1, 8, 8, dtype=torch.bool)
     region[:, :4] = True
-    monitor = IntegratedGradientsMonitor(probe=(x, y), n_steps=4, region=region, region_threshold=1.0,
-                                         completeness_threshold=10.0, drift_metric="spearman")
+    monitor = IntegratedGradientsMonitor(probe=(x, y), n_steps=4,
+                                         alarm=dict(region=region, region_threshold=1.0, completeness_threshold=10.0,
+                                                    metric="spearman"))
     with caught_warnings() as caught:
         make_trainer(tmp_path, [monitor]).validate(model, data_loaders()[1], verbose=False)
         make_trainer(tmp_path, [monitor]).validate(model, data_loaders()[1], verbose=False)
@@ -498,8 +507,8 @@ def test_training_is_bit_identical_with_and_without_the_monitor(tmp_path, case):
         model = Net()
         if case == "nan_model":
             model.poison = nan_all
-        monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, drift_threshold=0.0 if case != "plain" else None,
-                                             on_breach="warn") if with_monitor else None
+        alarm = dict(threshold=0.0 if case != "plain" else None, on_breach="warn")
+        monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, alarm=alarm) if with_monitor else None
         with caught_warnings():
             t, _ = fit_net(tmp_path / str(with_monitor), monitor, model=model, max_epochs=2)
         return model.state_dict(), torch.get_rng_state(), monitor
@@ -630,7 +639,7 @@ def test_a_logger_error_gives_one_warning_and_training_goes_on(tmp_path, monkeyp
         raise RuntimeError("the logger broke")
 
     monkeypatch.setattr(SummaryWriter, "add_histogram", broken)
-    monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, on_breach="raise")
+    monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, alarm=dict(on_breach="raise"))
     with caught_warnings() as caught:
         t, _ = fit_net(tmp_path, monitor, max_epochs=2, logger=TensorBoardLogger(tmp_path, name="tb"))
     failures = write_failures(caught)
@@ -668,7 +677,7 @@ def test_a_directory_where_the_rules_file_should_be_gives_one_warning(tmp_path):
 
 
 def test_one_check_logs_scalars_pictures_histograms_and_rules_at_one_step(tmp_path):
-    monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, class_names=["a", "b", "c", "d"])
+    monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, display=dict(class_names=["a", "b", "c", "d"]))
     logger = TensorBoardLogger(tmp_path, name="tb")
     fit_net(tmp_path, monitor, max_epochs=3, logger=logger)
     acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "histograms": 0, "tensors": 0,

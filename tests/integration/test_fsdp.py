@@ -55,8 +55,9 @@ def plain_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def test_monitor_under_fsdp_matches_an_unsharded_model(tmp_path) -> None:
     torch.manual_seed(0)
     model, dataset = Mlp(), data()
-    monitor = IntegratedGradientsMonitor(probe=PROBE, n_steps="auto", tolerance=TOLERANCE, max_steps=MAX_STEPS,
-                                         log_images=False)
+    monitor = IntegratedGradientsMonitor(probe=PROBE, n_steps="auto",
+                                         integration=dict(tolerance=TOLERANCE, max_steps=MAX_STEPS),
+                                         display=dict(log_images=False))
     t = trainer(tmp_path, [monitor], max_epochs=EPOCHS, accelerator="cuda", devices=1, strategy="fsdp",
                 num_sanity_val_steps=0)
     t.fit(model, DataLoader(dataset, batch_size=16, shuffle=True), DataLoader(dataset, batch_size=16))

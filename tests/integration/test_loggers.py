@@ -29,7 +29,7 @@ CHECKS = 2  # max_epochs=2, one check per validation epoch (the sanity check is 
 
 def fit(tmp_path, logger, monitor=None, **kw):
     torch.manual_seed(0)
-    monitor = monitor or IntegratedGradientsMonitor(probe=6, n_steps=4, class_names=["a", "b", "c", "d"])
+    monitor = monitor or IntegratedGradientsMonitor(probe=6, n_steps=4, display=dict(class_names=["a", "b", "c", "d"]))
     t = trainer(tmp_path, [monitor], logger=logger, max_epochs=2, **kw)
     t.fit(TinyCNN(), *loaders())
     return t, monitor

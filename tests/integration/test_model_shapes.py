@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ig_lightning import IntegratedGradientsMonitor, integrated_gradients
 from ig_lightning.monitor.explainer import ProbeMismatchError
+from ig_lightning.monitor.stages import Pictures
 
 
 class MultiLabel(TinyCNN):
@@ -167,5 +168,6 @@ def test_a_conv_layer_is_a_map_over_the_image_and_completeness_stays_at_the_laye
     assert monitor._kind == "image"
     assert monitor.last_result.attributions.shape == (4, 4, 4, 4)  # the layer's own shape
     assert float(monitor.last_result.relative_error().max()) < 0.02
-    assert monitor.color_scales.scales.shape == (4,) and all(k < 16 for r in monitor.rules.values() for k, _ in r)
+    assert monitor.stage(Pictures).scales.scales.shape == (4,)
+    assert all(k < 16 for r in monitor.rules.values() for k, _ in r)
     assert "ig/deletion_ratio" in monitor.last_metrics  # a map cell is a block of pixels for the deletion check

@@ -28,7 +28,7 @@ def served_run(tmp_path):
     torch.manual_seed(0)
     train, val = loaders()
     logger = TensorBoardLogger(tmp_path, name="run")
-    monitor = IntegratedGradientsMonitor(probe=8, n_steps=8, max_images=4)
+    monitor = IntegratedGradientsMonitor(probe=8, n_steps=8, display=dict(max_images=4))
     trainer(tmp_path, [monitor], max_epochs=2, logger=logger).fit(TinyCNN(), train, val)
     port = free_port()
     server = subprocess.Popen(

@@ -102,7 +102,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     root = tmp_path_factory.mktemp("transformer")
     seed(0)
     datamodule, model = T.QuestionsDataModule(n=1000), T.BertQuestionClassifier()
-    monitor, recorder = IntegratedGradientsMonitor(layer=T.LAYER, vocabulary=T.TOKENIZER), CallRecorder()
+    monitor, recorder = IntegratedGradientsMonitor(layer=T.LAYER, display=dict(vocabulary=T.TOKENIZER)), CallRecorder()
     trainer = make_trainer("transformer", [recorder, monitor], max_epochs=3, root=root, verbose=False)
     trainer.fit(model, datamodule=datamodule)
     return Trained(model, datamodule, monitor, recorder, probe_batch(datamodule, monitor.probe.indices), root,
@@ -219,7 +219,7 @@ def test_the_mask_matters_all_ones_mask_gives_other_attributions(trained: Traine
         return {**batch, "attention_mask": torch.ones_like(batch["attention_mask"])}
 
     loader = DataLoader(trained.datamodule.val_set, batch_size=32, collate_fn=unmasked)
-    monitor = IntegratedGradientsMonitor(layer=T.LAYER, vocabulary=T.TOKENIZER)
+    monitor = IntegratedGradientsMonitor(layer=T.LAYER, display=dict(vocabulary=T.TOKENIZER))
     validate(trained, monitor, loader)
     assert monitor.checks == 1
     mask = trained.probe["attention_mask"].bool()
@@ -245,12 +245,12 @@ def per_feature_error(monitor: IntegratedGradientsMonitor, reference: torch.Tens
 # Attention makes the path sharply curved for some examples: 32 Gauss-Legendre points (the old default) leave
 # one ~90% incomplete, while the default n_steps="auto" refines exactly those examples.
 def test_the_default_auto_is_accurate_where_a_fixed_rule_is_not(trained: Trained) -> None:
-    reference_monitor = IntegratedGradientsMonitor(layer=T.LAYER, vocabulary=T.TOKENIZER, n_steps=1024)
+    reference_monitor = IntegratedGradientsMonitor(layer=T.LAYER, n_steps=1024, display=dict(vocabulary=T.TOKENIZER))
     validate(trained, reference_monitor)
     reference = reference_monitor.last_result.attributions.reshape(PROBE, -1)
-    fixed = IntegratedGradientsMonitor(layer=T.LAYER, vocabulary=T.TOKENIZER, n_steps=32)
+    fixed = IntegratedGradientsMonitor(layer=T.LAYER, n_steps=32, display=dict(vocabulary=T.TOKENIZER))
     validate(trained, fixed)
-    monitor = IntegratedGradientsMonitor(layer=T.LAYER, vocabulary=T.TOKENIZER)  # the default: "auto"
+    monitor = IntegratedGradientsMonitor(layer=T.LAYER, display=dict(vocabulary=T.TOKENIZER))  # the default: "auto"
     trainer = validate(trained, monitor)
     assert monitor.checks == 1 and "ig/attribution_error" in trainer.callback_metrics
     error, estimate = per_feature_error(monitor, reference), monitor.last_result.attribution_error
@@ -261,8 +261,9 @@ def test_the_default_auto_is_accurate_where_a_fixed_rule_is_not(trained: Trained
           f"{relative_completeness_error(monitor).max():.2e}, per-feature error mean {error.mean():.2e} max "
           f"{error.max():.2e}, estimate max {estimate.max():.2e}, evaluations mean "
           f"{monitor.last_result.n_evaluations.double().mean():.1f} max {int(monitor.last_result.n_evaluations.max())}")
-    assert (relative_completeness_error(monitor) <= monitor.tolerance).all()
-    assert (estimate <= monitor.tolerance).all() and (error <= 2 * monitor.tolerance).all(), (error, estimate)
+    tolerance = monitor.integration.tolerance
+    assert (relative_completeness_error(monitor) <= tolerance).all()
+    assert (estimate <= tolerance).all() and (error <= 2 * tolerance).all(), (error, estimate)
     assert relative_completeness_error(fixed).max() > 10 * relative_completeness_error(monitor).max()
     # The same model and probe as in fit: the explained outputs agree.
     torch.testing.assert_close(monitor.last_result.delta, trained.monitor.last_result.delta, rtol=1e-4, atol=1e-4)

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from ig_lightning import AttributionDriftError, IntegratedGradientsMonitor, integrated_gradients
 from ig_lightning.monitor._isolation import eval_mode
+from ig_lightning.monitor.stages import Drift, Pictures
 
 # --- training is untouched -------------------------------------------------------------------------
 
@@ -139,7 +140,7 @@ def test_runs_under_inference_mode_and_no_grad(tmp_path, method):
 
 
 def test_writes_pictures_histograms_and_rules_to_tensorboard(tmp_path):
-    monitor = IntegratedGradientsMonitor(probe=8, n_steps=8, max_images=4)
+    monitor = IntegratedGradientsMonitor(probe=8, n_steps=8, display=dict(max_images=4))
     logger = TensorBoardLogger(tmp_path, name="tb")
     fit_cnn(tmp_path, monitor, max_epochs=2, logger=logger)
     acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "histograms": 0, "tensors": 0}).Reload()
@@ -180,7 +181,7 @@ def test_probe_as_tensor_pair_and_from_dict_batches(tmp_path):
         def validation_step(self, batch, batch_idx):
             return None
 
-    monitor = IntegratedGradientsMonitor(probe=6, n_steps=4, unpack=lambda b: (b["pixels"], b["cls"]))
+    monitor = IntegratedGradientsMonitor(probe=6, n_steps=4, inputs=dict(unpack=lambda b: (b["pixels"], b["cls"])))
     t = trainer(tmp_path, [monitor])
     t.validate(DictModel(), DataLoader(DictData(), batch_size=8), verbose=False)
     assert monitor.probe_inputs.shape == (6, 1, 8, 8) and torch.equal(monitor.targets, make_data()[:6][1])
@@ -227,7 +228,7 @@ def test_layer_by_name_and_a_bad_layer_name(tmp_path):
 
 
 def test_auto_steps_are_logged(tmp_path):
-    monitor = IntegratedGradientsMonitor(probe=6, n_steps="auto", tolerance=0.02)
+    monitor = IntegratedGradientsMonitor(probe=6, n_steps="auto", integration=dict(tolerance=0.02))
     t, _ = fit_cnn(tmp_path, monitor, max_epochs=1)
     assert float(t.callback_metrics["ig/n_steps_mean"]) >= 4
     assert monitor.last_metrics["ig/completeness_error_max"] <= 0.02 + 1e-6
@@ -237,39 +238,39 @@ def test_auto_steps_are_logged(tmp_path):
 
 
 def test_raise_names_metric_value_threshold_and_epoch(tmp_path):
-    monitor = IntegratedGradientsMonitor(probe=8, n_steps=8, drift_threshold=0.0, on_breach="raise")
+    monitor = IntegratedGradientsMonitor(probe=8, n_steps=8, alarm=dict(threshold=0.0, on_breach="raise"))
     with pytest.raises(AttributionDriftError, match=r"ig/drift \(cosine vs previous check\) = .* > "
-                                                    r"drift_threshold=0 at epoch 1"):
+                                                    r"alarm.threshold=0 at epoch 1"):
         fit_cnn(tmp_path, monitor, max_epochs=3)
 
 
 def test_stop_ends_fit_early_and_warn_only_warns(tmp_path):
-    stop = IntegratedGradientsMonitor(probe=8, n_steps=8, drift_threshold=0.0, on_breach="stop")
+    stop = IntegratedGradientsMonitor(probe=8, n_steps=8, alarm=dict(threshold=0.0, on_breach="stop"))
     t, _ = fit_cnn(tmp_path, stop, max_epochs=5)
     assert t.current_epoch == 2  # breach at epoch 1 (the first with a drift), stops after it
-    warn = IntegratedGradientsMonitor(probe=8, n_steps=8, drift_threshold=0.0, on_breach="warn")
-    with pytest.warns(UserWarning, match="drift_threshold"):
+    warn = IntegratedGradientsMonitor(probe=8, n_steps=8, alarm=dict(threshold=0.0, on_breach="warn"))
+    with pytest.warns(UserWarning, match="alarm.threshold"):
         t, _ = fit_cnn(tmp_path, warn, max_epochs=3)
     assert t.current_epoch == 3
 
 
 def test_warmup_and_patience_delay_the_action(tmp_path):
-    monitor = IntegratedGradientsMonitor(probe=8, n_steps=8, drift_threshold=0.0, on_breach="stop",
-                                         warmup=2, patience=2)
+    monitor = IntegratedGradientsMonitor(probe=8, n_steps=8,
+                                         alarm=dict(threshold=0.0, on_breach="stop", warmup=2, patience=2))
     t, _ = fit_cnn(tmp_path, monitor, max_epochs=8)
     # checks 1-2 ignored (warmup), checks 3 and 4 breach: the run stops after epoch index 3.
     assert t.current_epoch == 4
 
 
 def test_completeness_and_region_thresholds(tmp_path):
-    monitor = IntegratedGradientsMonitor(probe=8, n_steps=2, method="riemann_left",
-                                         completeness_threshold=1e-6, on_breach="raise")
+    monitor = IntegratedGradientsMonitor(probe=8, n_steps=2, integration=dict(method="riemann_left"),
+                                         alarm=dict(completeness_threshold=1e-6, on_breach="raise"))
     with pytest.raises(AttributionDriftError, match="completeness_threshold"):
         fit_cnn(tmp_path, monitor, max_epochs=1)
     region = torch.zeros(1, 8, 8, dtype=torch.bool)
     region[:, :4, :4] = True
-    masses = IntegratedGradientsMonitor(probe=8, n_steps=8, region=region, region_threshold=0.0,
-                                        on_breach="raise")
+    masses = IntegratedGradientsMonitor(probe=8, n_steps=8,
+                                        alarm=dict(region=region, region_threshold=0.0, on_breach="raise"))
     with pytest.raises(AttributionDriftError, match="ig/region_mass"):
         fit_cnn(tmp_path, masses, max_epochs=1)
     assert 0 < masses.last_metrics["ig/region_mass"] < 1
@@ -281,7 +282,7 @@ def test_nan_attributions_are_a_breach_even_in_warmup(tmp_path):
             out = super().forward(x)
             return out if self.training else out * float("nan")
 
-    monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, on_breach="raise", warmup=10)
+    monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, alarm=dict(on_breach="raise", warmup=10))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(AttributionDriftError, match="NaN or infinite"):
@@ -292,20 +293,21 @@ def test_nan_attributions_are_a_breach_even_in_warmup(tmp_path):
 
 
 def test_state_round_trips_through_a_weights_only_checkpoint_and_resume(tmp_path):
-    monitor = IntegratedGradientsMonitor(probe=6, n_steps=8, drift_reference="first")
+    monitor = IntegratedGradientsMonitor(probe=6, n_steps=8, alarm=dict(reference="first"))
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     t, _ = fit_cnn(tmp_path, monitor, max_epochs=2, callbacks=[ckpt], enable_checkpointing=True)
     path = ckpt.last_model_path
     saved = torch.load(path, weights_only=True)["callbacks"][monitor.state_key]
     assert torch.equal(saved["probe"]["inputs"]["args"][0], monitor.probe_inputs)
-    assert torch.equal(saved["first_scores"], monitor.references.first)
+    assert torch.equal(saved["first_scores"], monitor.stage(Drift).references.first)
 
-    resumed = IntegratedGradientsMonitor(probe=6, n_steps=8, drift_reference="first")
+    resumed = IntegratedGradientsMonitor(probe=6, n_steps=8, alarm=dict(reference="first"))
     torch.manual_seed(0)
     train, val = loaders()
     t = trainer(tmp_path, [resumed], max_epochs=3)
     t.fit(TinyCNN(), train, val, ckpt_path=path)
-    assert torch.equal(resumed.references.first, saved["first_scores"])  # drift still measured vs the same reference
+    # Drift is still measured against the same reference.
+    assert torch.equal(resumed.stage(Drift).references.first, saved["first_scores"])
     assert resumed.checks == 3
 
 
@@ -331,7 +333,7 @@ def test_references_stay_on_cpu_and_do_not_grow(tmp_path):
 
 @pytest.mark.parametrize("autocast", [False, True])
 def test_bf16_mixed_precision(tmp_path, autocast):
-    monitor = IntegratedGradientsMonitor(probe=6, n_steps=16, autocast=autocast)
+    monitor = IntegratedGradientsMonitor(probe=6, n_steps=16, integration=dict(autocast=autocast))
     t, _ = fit_cnn(tmp_path, monitor, max_epochs=1, precision="bf16-mixed")
     assert monitor.last_result.attributions.dtype == torch.float32
     error = monitor.last_metrics["ig/completeness_error"]
@@ -352,15 +354,15 @@ def test_label_target_without_labels_is_explained(tmp_path):
 
 
 def test_colour_scales_are_fixed_at_the_first_check_with_headroom(tmp_path):
-    monitor = IntegratedGradientsMonitor(probe=6, n_steps=8, color_headroom=3.0)
+    monitor = IntegratedGradientsMonitor(probe=6, n_steps=8, display=dict(color_headroom=3.0))
     fit_cnn(tmp_path, monitor, max_epochs=1)
-    first = monitor.color_scales.scales.clone()
-    expected = 3.0 * monitor.references.first.reshape(6, -1).abs().amax(1)
+    first = monitor.stage(Pictures).scales.scales.clone()
+    expected = 3.0 * monitor.stage(Drift).references.first.reshape(6, -1).abs().amax(1)
     torch.testing.assert_close(first, expected)
     t = trainer(tmp_path, [monitor], max_epochs=3)
     torch.manual_seed(0)
     t.fit(TinyCNN(), *loaders())
-    assert torch.equal(monitor.color_scales.scales, first)  # later checks draw on the same scale
+    assert torch.equal(monitor.stage(Pictures).scales.scales, first)  # later checks draw on the same scale
 
 
 def test_single_output_models_need_no_target(tmp_path):
@@ -413,7 +415,7 @@ def test_region_with_a_layer_is_over_tokens(tmp_path):
     ids = torch.randint(1, 10, (8, 5))
     data = torch.utils.data.TensorDataset(ids, torch.randint(0, 2, (8,)))
     region = torch.tensor([True, False, False, False, False])  # the first token
-    monitor = IntegratedGradientsMonitor(probe=8, n_steps=8, layer="embedding", region=region)
+    monitor = IntegratedGradientsMonitor(probe=8, n_steps=8, layer="embedding", alarm=dict(region=region))
     torch.manual_seed(0)
     trainer(tmp_path, [monitor]).validate(Tokens(), DataLoader(data, batch_size=4), verbose=False)
     tokens = monitor.last_result.attributions.sum(-1).abs()

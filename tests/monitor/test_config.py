@@ -1,9 +1,12 @@
 """MonitorConfig: every argument of IntegratedGradientsMonitor is checked once, at construction, naming it.
 
 The one table of constructor errors: each row must raise the same error from ``IntegratedGradientsMonitor(**kw)``
-and from ``MonitorConfig(**kw)`` (the monitor validates through the config).
+and from ``MonitorConfig(**kw)`` (the monitor validates through the config). A setting inside a settings object is
+named by its full path (``alarm.factor``).
 """
 
+import dataclasses
+import inspect
 import math
 
 import pytest
@@ -11,6 +14,16 @@ import torch
 
 from ig_lightning import IntegratedGradientsMonitor
 from ig_lightning.monitor.config import MonitorConfig
+from ig_lightning.monitor.moved import MOVED
+from ig_lightning.monitor.settings import (
+    GROUPS,
+
+    Alarm,
+    Display,
+    Faithfulness,
+    Integration,
+    RuleExtraction,
+)
 
 NAN = float("nan")
 
@@ -21,7 +34,7 @@ BAD_ARGUMENTS = [
     ({"probe": True}, TypeError, "`probe` must be an int"),
     ({"probe": (torch.zeros(3, 2), torch.zeros(2))}, ValueError, "`probe` labels"),
     ({"probe": torch.tensor([[0.0, NAN]])}, ValueError, "`probe` input 0 holds NaN or infinite values"),
-    ({"probe_selection": "random"}, ValueError, "`probe_selection`.*'random'"),
+    ({"inputs": {"probe_selection": "random"}}, ValueError, "`inputs.probe_selection`.*'random'"),
     ({"target": "labels"}, ValueError, "`target` can be .*'labels'"),
     ({"target": -1}, ValueError, "`target` must be >= 0"),
     ({"target": True}, TypeError, "`target` must be an int"),
@@ -29,13 +42,16 @@ BAD_ARGUMENTS = [
     ({"n_steps": 0}, ValueError, "`n_steps` must be >= 1"),
     ({"n_steps": "fast"}, ValueError, "`n_steps`.*'fast'"),
     ({"n_steps": True}, TypeError, "`n_steps`"),
-    ({"n_steps": "auto", "max_steps": 2}, ValueError, "`max_steps` must be >= 3 for n_steps='auto', got 2"),
-    ({"method": "simpson"}, ValueError, "`method`"),
-    ({"attribution_error_threshold": 0.1, "n_steps": 32}, ValueError,
-     "`attribution_error_threshold` needs n_steps='auto'"),
-    ({"internal_batch_size": 0}, ValueError, "`internal_batch_size`"),
-    ({"internal_batch_size": 2.5}, TypeError, "`internal_batch_size` must be an int"),
-    ({"autocast": "yes"}, TypeError, "`autocast`"),
+    ({"n_steps": "auto", "integration": {"max_steps": 2}}, ValueError,
+     "`integration.max_steps` must be >= 3 for n_steps='auto', got 2"),
+    ({"integration": {"method": "simpson"}}, ValueError, "`integration.method`"),
+    ({"n_steps": 32, "alarm": {"attribution_error_threshold": 0.1}}, ValueError,
+     "`alarm.attribution_error_threshold` needs n_steps='auto'"),
+    ({"n_steps": 32, "integration": {"warm_start": True}}, ValueError, "`integration.warm_start=True` needs n_steps"),
+    ({"integration": {"max_steps": 0}}, ValueError, "`integration.max_steps` must be >= 1"),
+    ({"integration": {"internal_batch_size": 0}}, ValueError, "`integration.internal_batch_size`"),
+    ({"integration": {"internal_batch_size": 2.5}}, TypeError, "`integration.internal_batch_size` must be an int"),
+    ({"integration": {"autocast": "yes"}}, TypeError, "`integration.autocast`"),
     # what is attributed, and how
     ({"baseline": "black"}, TypeError, "`baseline`"),
     ({"baseline": NAN}, ValueError, "`baseline` must be finite"),
@@ -44,46 +60,58 @@ BAD_ARGUMENTS = [
     ({"layer": torch.nn.Linear(1, 1)}, TypeError, "`layer` must be a submodule name"),
     ({"layer": "   "}, ValueError, "`layer` must name a submodule"),
     ({"layer": ""}, ValueError, "`layer` must name a submodule"),
-    ({"attribute": [0, 0]}, ValueError, "`attribute` names an input twice"),
-    ({"attribute": True}, TypeError, "`attribute`"),
+    ({"inputs": {"attribute": [0, 0]}}, ValueError, "`inputs.attribute` names an input twice"),
+    ({"inputs": {"attribute": True}}, TypeError, "`inputs.attribute`"),
     ({"output_transform": "softplus"}, ValueError, "`output_transform` can be"),
     ({"output_transform": 3}, TypeError, "`output_transform` must be a name or a callable"),
-    ({"unpack": 3}, TypeError, "`unpack`"),
-    ({"kind": "audio"}, ValueError, "`kind`"),
+    ({"inputs": {"unpack": 3}}, TypeError, "`inputs.unpack`"),
+    ({"display": {"kind": "audio"}}, ValueError, "`display.kind`"),
     # when and against what
     ({"every_n_epochs": 0}, ValueError, "`every_n_epochs` must be >= 1"),
-    ({"tolerance": NAN}, ValueError, "`tolerance` must be a finite number"),
-    ({"tolerance": math.inf}, ValueError, "`tolerance` must be a finite number"),
-    ({"drift_metric": "l2"}, ValueError, "`drift_metric` can be .*'l2'"),
-    ({"drift_reference": "best"}, ValueError, "`drift_reference`"),
-    ({"drift_threshold": -1}, ValueError, "`drift_threshold`"),
-    ({"drift_threshold": math.inf}, ValueError, "`drift_threshold` must be a finite number"),
-    ({"drift_threshold": "sometimes"}, ValueError, "`drift_threshold` must be a number, 'auto' or None"),
-    ({"drift_factor": 1.0}, ValueError, "`drift_factor` must be > 1"),
-    ({"drift_factor": 0}, ValueError, "`drift_factor`"),
-    ({"drift_window": 1}, ValueError, "`drift_window`"),
-    ({"drift_scope": "x"}, ValueError, "`drift_scope`.*'x'"),
-    ({"completeness_threshold": NAN}, ValueError, "`completeness_threshold`"),
-    ({"region_threshold": 0.5}, ValueError, "`region_threshold` needs a `region`"),
-    ({"region": torch.ones(2, 2, dtype=torch.bool), "region_threshold": NAN}, ValueError, "`region_threshold`"),
-    ({"region": torch.ones(8)}, TypeError, "`region`"),
-    ({"region": [[1, 0]]}, TypeError, "`region`"),
-    ({"region": torch.zeros(2, 2, dtype=torch.bool)}, ValueError, "`region` must select at least one"),
+    ({"integration": {"tolerance": NAN}}, ValueError, "`integration.tolerance` must be a finite number"),
+    ({"integration": {"tolerance": math.inf}}, ValueError, "`integration.tolerance` must be a finite number"),
+    ({"alarm": {"metric": "l2"}}, ValueError, "`alarm.metric` can be .*'l2'"),
+    ({"alarm": {"reference": "best"}}, ValueError, "`alarm.reference`"),
+    ({"alarm": {"threshold": -1}}, ValueError, "`alarm.threshold`"),
+    ({"alarm": {"threshold": math.inf}}, ValueError, "`alarm.threshold` must be a finite number"),
+    ({"alarm": {"threshold": "sometimes"}}, ValueError, "`alarm.threshold` must be a number, 'auto' or None"),
+    ({"alarm": {"factor": 1.0}}, ValueError, "`alarm.factor` must be > 1"),
+    ({"alarm": {"factor": 0}}, ValueError, "`alarm.factor`"),
+    ({"alarm": {"window": 1}}, ValueError, "`alarm.window`"),
+    ({"alarm": {"scope": "x"}}, ValueError, "`alarm.scope`.*'x'"),
+    ({"alarm": {"completeness_threshold": NAN}}, ValueError, "`alarm.completeness_threshold`"),
+    ({"alarm": {"region_threshold": 0.5}}, ValueError, "`alarm.region_threshold` needs a `alarm.region`"),
+    ({"alarm": {"region": torch.ones(2, 2, dtype=torch.bool), "region_threshold": NAN}}, ValueError,
+     "`alarm.region_threshold`"),
+    ({"alarm": {"region": torch.ones(8)}}, TypeError, "`alarm.region`"),
+    ({"alarm": {"region": [[1, 0]]}}, TypeError, "`alarm.region`"),
+    ({"alarm": {"region": torch.zeros(2, 2, dtype=torch.bool)}}, ValueError,
+     "`alarm.region` must select at least one"),
+    ({"alarm": {"top_k": 0}}, ValueError, "`alarm.top_k` must be >= 1"),
     # what to do on a breach
-    ({"warmup": -1}, ValueError, "`warmup`"),
-    ({"patience": 0}, ValueError, "`patience`"),
-    ({"patience_window": 0}, ValueError, "`patience_window`"),
-    ({"patience": 3, "patience_window": 2}, ValueError, r"`patience_window` must be >= `patience` \(3\), got 2"),
-    ({"on_breach": "stopp"}, ValueError, "`on_breach` can be .*'stopp'"),
-    ({"deletion_check": 1}, TypeError, "`deletion_check`"),
+    ({"alarm": {"warmup": -1}}, ValueError, "`alarm.warmup`"),
+    ({"alarm": {"patience": 0}}, ValueError, "`alarm.patience`"),
+    ({"alarm": {"patience_window": 0}}, ValueError, "`alarm.patience_window`"),
+    ({"alarm": {"patience": 3, "patience_window": 2}}, ValueError,
+     r"`alarm.patience_window` must be >= `alarm.patience` \(3\), got 2"),
+    ({"alarm": {"on_breach": "stopp"}}, ValueError, "`alarm.on_breach` can be .*'stopp'"),
+    ({"faithfulness": {"deletion": 1}}, TypeError, "`faithfulness.deletion`"),
+    ({"faithfulness": {"top_k": 0}}, ValueError, "`faithfulness.top_k` must be >= 1"),
     # pictures and names
-    ({"max_images": True}, TypeError, "`max_images` must be an int"),
-    ({"top_k": 0}, ValueError, "`top_k` must be >= 1"),
-    ({"log_images": "yes"}, TypeError, "`log_images` must be a bool"),
-    ({"color_headroom": math.inf}, ValueError, "`color_headroom`"),
-    ({"color_headroom": 0}, ValueError, "`color_headroom`"),
-    ({"feature_names": "abc"}, TypeError, "`feature_names` must be a list of names"),
-    ({"class_names": []}, ValueError, "`class_names` must not be empty"),
+    ({"display": {"max_images": True}}, TypeError, "`display.max_images` must be an int"),
+    ({"rule_extraction": {"top_k": 0}}, ValueError, "`rule_extraction.top_k` must be >= 1"),
+    ({"display": {"log_images": "yes"}}, TypeError, "`display.log_images` must be a bool"),
+    ({"display": {"color_headroom": math.inf}}, ValueError, "`display.color_headroom`"),
+    ({"display": {"color_headroom": 0}}, ValueError, "`display.color_headroom`"),
+    ({"display": {"feature_names": "abc"}}, TypeError, "`display.feature_names` must be a list of names"),
+    ({"display": {"class_names": []}}, ValueError, "`display.class_names` must not be empty"),
+    ({"display": {"vocabulary": "abc"}}, TypeError, "`display.vocabulary` must be a list of names"),
+    # the settings objects themselves
+    ({"alarm": {"factr": 3.0}}, TypeError, r"`alarm` has no setting 'factr'; its settings are \['threshold', 'factor'"),
+    ({"alarm": 0.5}, TypeError, r"`alarm` must be Alarm\(...\) or a dict of its settings, got float"),
+    ({"display": ["kind", "image"]}, TypeError, r"`display` must be Display\(...\) or a dict"),
+    ({"integration": Alarm()}, TypeError,
+     r"`integration` must be Integration\(...\) or a dict of its settings, got Alarm"),
 ]
 
 
@@ -109,12 +137,72 @@ def test_the_monitor_and_the_config_say_the_same(kwargs, error, match):
 
 
 def test_region_and_baseline_accept_lists_from_config_files():
-    monitor = IntegratedGradientsMonitor(region=[[True, False], [False, False]], region_threshold=0.5,
-                                         baseline=[0.0, 0.5])
-    assert monitor.region.dtype == torch.bool and monitor.region.shape == (2, 2)
+    monitor = IntegratedGradientsMonitor(baseline=[0.0, 0.5],
+                                         alarm=dict(region=[[True, False], [False, False]], region_threshold=0.5))
+    assert monitor.alarm.region.dtype == torch.bool and monitor.alarm.region.shape == (2, 2)
     assert torch.equal(monitor.baseline, torch.tensor([0.0, 0.5]))
 
 
 def test_auto_steps_with_enough_max_steps_are_accepted():
-    config = MonitorConfig(n_steps="auto", max_steps=3)
-    assert (config.n_steps, config.max_steps) == ("auto", 3)
+    config = MonitorConfig(n_steps="auto", integration=dict(max_steps=3))
+    assert (config.n_steps, config.integration.max_steps) == ("auto", 3)
+
+
+def test_the_signature_reads_at_a_glance():
+    names = list(inspect.signature(IntegratedGradientsMonitor).parameters)
+    assert len(names) <= 15, names
+    assert names[:8] == ["probe", "target", "baseline", "layer", "n_steps", "output_transform", "every_n_epochs",
+                         "name"]
+    assert names[8:] == [*GROUPS, "moved"]
+
+
+@pytest.mark.parametrize(("group", "cls"), list(GROUPS.items()))
+def test_each_settings_argument_takes_its_object_a_dict_or_none(group, cls):
+    fields = dataclasses.fields(cls)
+    assert all(f.default is not dataclasses.MISSING for f in fields)  # every field has a default
+    assert getattr(IntegratedGradientsMonitor(), group) == cls()
+    assert getattr(IntegratedGradientsMonitor(**{group: {}}), group) == cls()
+    given = cls()
+    assert getattr(IntegratedGradientsMonitor(**{group: given}), group) is given
+    assert cls.__doc__ and all(f"{f.name}:" in cls.__doc__ for f in fields)  # each field documented
+
+
+def test_settings_objects_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Alarm().factor = 2.0
+
+
+def test_flat_arguments_of_0_1_still_work_with_a_warning_naming_their_new_place():
+    with pytest.warns(FutureWarning, match=r"`drift_threshold` -> `alarm.threshold`.*`top_k` -> "
+                                           r"`rule_extraction.top_k / alarm.top_k / faithfulness.top_k`"):
+        old = IntegratedGradientsMonitor(probe=8, drift_threshold="auto", top_k=5, class_names=["a", "b"],
+                                         deletion_check=False, warm_start=True)
+    new = IntegratedGradientsMonitor(probe=8, alarm=Alarm(threshold="auto", top_k=5),
+                                     rule_extraction=RuleExtraction(top_k=5),
+                                     faithfulness=Faithfulness(deletion=False, top_k=5),
+                                     display=Display(class_names=["a", "b"]), integration=Integration(warm_start=True))
+    assert old.config == new.config
+    assert old.state_key == new.state_key
+
+
+def test_every_flat_argument_of_0_1_has_a_place():
+    for old, new in MOVED.items():
+        for path in new:
+            group, field = path.split(".")
+            assert field in {f.name for f in dataclasses.fields(GROUPS[group])}, (old, path)
+
+
+def test_a_flat_argument_and_its_group_together_are_refused():
+    with pytest.raises(ValueError, match=r"`alarm` given together with the flat argument\(s\) \['drift_factor'\]"), \
+            pytest.warns(FutureWarning):
+        IntegratedGradientsMonitor(drift_factor=3.0, alarm={"threshold": "auto"})
+
+
+def test_an_unknown_argument_names_the_settings_objects():
+    with pytest.raises(TypeError, match=r"unexpected argument\(s\) \['treshold'\].*'alarm'"):
+        IntegratedGradientsMonitor(treshold=0.5)
+
+
+def test_a_bad_flat_argument_is_named_by_its_new_path():
+    with pytest.raises(ValueError, match="`alarm.factor` must be > 1"), pytest.warns(FutureWarning):
+        IntegratedGradientsMonitor(drift_factor=0.5)

@@ -38,7 +38,7 @@ def test_attribute_selects_and_orders_inputs():
 
 
 def test_attribute_naming_a_missing_input_is_named():
-    with pytest.raises(ValueError, match=r"`attribute` names inputs \['pixels'\] that the probe does not have; "
+    with pytest.raises(ValueError, match=r"`inputs.attribute` names inputs \['pixels'\] that the probe does not have; "
                                          r"it has \[0, 1, 'scale'\]"):
         Explainer(mixed(), ["pixels"], None, None, None, None)
 

@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ig_lightning import IntegratedGradientsMonitor, integrated_gradients
+from ig_lightning.monitor.stages import Drift
 
 
 class TwoInputs(LightningModule):
@@ -48,7 +49,7 @@ def unpack_two(batch):
 def test_several_positional_inputs_are_attributed_together(tmp_path):
     torch.manual_seed(0)
     model = TwoInputs()
-    monitor = IntegratedGradientsMonitor(probe=6, n_steps=16, unpack=unpack_two)
+    monitor = IntegratedGradientsMonitor(probe=6, n_steps=16, inputs=dict(unpack=unpack_two))
     trainer(tmp_path, [monitor], max_epochs=1).fit(model, two_input_loader(), two_input_loader())
     res = monitor.last_result
     assert isinstance(res.attributions, tuple) and [tuple(a.shape) for a in res.attributions] == [(6, 1, 8, 8), (6, 5)]
@@ -64,7 +65,7 @@ def test_several_positional_inputs_are_attributed_together(tmp_path):
 def test_attribute_selects_inputs_the_rest_passes_unchanged(tmp_path):
     torch.manual_seed(0)
     model = TwoInputs()
-    monitor = IntegratedGradientsMonitor(probe=6, n_steps=8, unpack=unpack_two, attribute=1)
+    monitor = IntegratedGradientsMonitor(probe=6, n_steps=8, inputs=dict(unpack=unpack_two, attribute=1))
     trainer(tmp_path, [monitor], max_epochs=1).fit(model, two_input_loader(), two_input_loader())
     assert tuple(monitor.last_result.attributions.shape) == (6, 5)
     assert monitor.probe.inputs.args[0].shape == (6, 1, 8, 8)
@@ -120,15 +121,15 @@ def test_a_model_output_without_logits_is_refused_before_training(tmp_path):
 
 def test_keyword_probe_round_trips_through_a_weights_only_checkpoint(tmp_path):
     torch.manual_seed(0)
-    monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, layer="embedding", drift_reference="first")
+    monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, layer="embedding", alarm=dict(reference="first"))
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     trainer(tmp_path, [monitor, ckpt], max_epochs=1, enable_checkpointing=True).fit(TokenModel(), *token_loaders())
     saved = torch.load(ckpt.last_model_path, weights_only=True)["callbacks"][monitor.state_key]
-    resumed = IntegratedGradientsMonitor(probe=4, n_steps=4, layer="embedding", drift_reference="first")
+    resumed = IntegratedGradientsMonitor(probe=4, n_steps=4, layer="embedding", alarm=dict(reference="first"))
     trainer(tmp_path, [resumed], max_epochs=2).fit(TokenModel(), *token_loaders(), ckpt_path=ckpt.last_model_path)
     for key in ("input_ids", "attention_mask"):
         assert torch.equal(resumed.probe.inputs.kwargs[key], saved["probe"]["inputs"]["kwargs"][key])
-    assert torch.equal(resumed.references.first, saved["first_scores"]) and resumed.checks == 2
+    assert torch.equal(resumed.stage(Drift).references.first, saved["first_scores"]) and resumed.checks == 2
 
 
 def test_a_dict_probe_given_explicitly_splits_labels_off():

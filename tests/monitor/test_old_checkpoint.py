@@ -14,7 +14,8 @@ import pytest
 import torch
 from conftest import TinyCNN, loaders, make_data, trainer
 
-from ig_lightning import IntegratedGradientsMonitor
+from ig_lightning import Alarm, Display, Faithfulness, IntegratedGradientsMonitor, RuleExtraction
+from ig_lightning.monitor.stages import Drift, Pictures
 
 PATH = Path(__file__).resolve().parents[1] / "data" / "monitor_state_v0.pt"
 
@@ -46,10 +47,11 @@ def test_an_old_state_loads_into_todays_monitor(saved):
     assert torch.equal(monitor.probe.labels, saved["probe_labels"]) and monitor.probe.labels.tolist() == [0, 1, 2, 3,
                                                                                                         0, 1]
     assert torch.equal(monitor.targets, saved["targets"])
-    assert monitor.references.first.shape == monitor.references.previous.shape == (6, 64)
-    torch.testing.assert_close(monitor.references.first, saved["first_scores"].reshape(6, -1).float())
-    torch.testing.assert_close(monitor.references.previous, saved["previous_scores"].reshape(6, -1).float())
-    assert torch.equal(monitor.color_scales.scales, saved["scales"])
+    assert monitor.stage(Drift).references.first.shape == monitor.stage(Drift).references.previous.shape == (6, 64)
+    torch.testing.assert_close(monitor.stage(Drift).references.first, saved["first_scores"].reshape(6, -1).float())
+    torch.testing.assert_close(monitor.stage(Drift).references.previous,
+                               saved["previous_scores"].reshape(6, -1).float())
+    assert torch.equal(monitor.stage(Pictures).scales.scales, saved["scales"])
     assert monitor.rules == {int(c): [(int(k), float(v)) for k, v in r] for c, r in saved["rules"].items()}
     assert sorted(monitor.rules) == [0, 1, 2, 3]
     assert monitor.checks == 2
@@ -57,7 +59,7 @@ def test_an_old_state_loads_into_todays_monitor(saved):
 
 
 def test_an_old_breach_streak_loads(saved):
-    monitor = IntegratedGradientsMonitor(probe=6, n_steps=4, patience=3)
+    monitor = IntegratedGradientsMonitor(probe=6, n_steps=4, alarm=dict(patience=3))
     monitor.load_state_dict({**saved, "breach_streak": 2})
     assert monitor.policy.streak == 2 and monitor.policy.recent == [True, True]
 
@@ -65,7 +67,7 @@ def test_an_old_breach_streak_loads(saved):
 def test_training_goes_on_from_an_old_state(saved, tmp_path):
     monitor = IntegratedGradientsMonitor(probe=6, n_steps=4)
     monitor.load_state_dict(saved)
-    first = monitor.references.first.clone()
+    first = monitor.stage(Drift).references.first.clone()
     torch.manual_seed(0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -75,8 +77,47 @@ def test_training_goes_on_from_an_old_state(saved, tmp_path):
     assert monitor.checks == 3
     assert torch.equal(monitor.probe.inputs.args[0], saved["probe"]["args"][0])  # the probe was kept, not retaken
     assert torch.equal(monitor.targets, saved["targets"])
-    torch.testing.assert_close(monitor.references.first, first)  # the first reference is the old run's
+    torch.testing.assert_close(monitor.stage(Drift).references.first, first)  # the first reference is the old run's
     # The fresh seeded TinyCNN after one epoch is the old run's model at its first check: the same attributions.
-    torch.testing.assert_close(monitor.references.previous, first)
-    assert not torch.equal(monitor.references.previous, saved["previous_scores"].reshape(6, -1).float())
+    torch.testing.assert_close(monitor.stage(Drift).references.previous, first)
+    assert not torch.equal(monitor.stage(Drift).references.previous, saved["previous_scores"].reshape(6, -1).float())
     assert "ig/drift" in monitor.last_metrics
+
+
+# A whole Lightning checkpoint of the 0.1 release (the flat signature, commit 304b1a5): written by
+# IntegratedGradientsMonitor(probe=6, n_steps=4, drift_threshold="auto", top_k=5, class_names=["a", "b", "c", "d"],
+# patience=2, patience_window=3) and ModelCheckpoint after trainer(max_epochs=4) fitted a seeded TinyCNN on
+# loaders() (conftest).
+CKPT_0_1 = Path(__file__).resolve().parents[1] / "data" / "monitor_v0_1.ckpt"
+
+
+def grouped_monitor() -> IntegratedGradientsMonitor:
+    """The 0.1 monitor of ``CKPT_0_1``, written with today's settings objects."""
+    return IntegratedGradientsMonitor(probe=6, n_steps=4, alarm=Alarm(threshold="auto", top_k=5, patience=2,
+                                                                       patience_window=3),
+                                      rule_extraction=RuleExtraction(top_k=5), faithfulness=Faithfulness(top_k=5),
+                                      display=Display(class_names=["a", "b", "c", "d"]))
+
+
+def test_a_0_1_checkpoint_resumes_with_the_grouped_settings(tmp_path):
+    ckpt = torch.load(CKPT_0_1, weights_only=False)
+    monitor = grouped_monitor()
+    (old_key,) = [k for k in ckpt["callbacks"] if k.startswith("IntegratedGradientsMonitor")]
+    assert monitor.state_key == old_key  # Lightning finds the old state under the same key
+    old = ckpt["callbacks"][old_key]
+    torch.manual_seed(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(tmp_path, [monitor], max_epochs=5).fit(TinyCNN(), *loaders(), ckpt_path=CKPT_0_1)
+    said = [str(w.message) for w in caught if "IntegratedGradientsMonitor" in str(w.message)]
+    assert not any("other settings" in m or "another model" in m for m in said), said
+    assert monitor.checks == old["checks"] + 1 == 5
+    assert monitor.probe.state()["indices"] == old["probe"]["indices"]  # the probe was kept, not retaken
+    assert torch.equal(monitor.probe.inputs.args[0], old["probe"]["inputs"]["args"][0])
+    assert torch.equal(monitor.targets, old["targets"])
+    torch.testing.assert_close(monitor.stage(Drift).references.first, old["first_scores"])
+    assert monitor.rules.keys() == {int(c) for c in old["rules"]}
+    history = monitor.stage(Drift).history.values["drift_class_max"]
+    assert history[:-1] == old["drift_history"]["drift_class_max"]  # the alarm keeps calibrating on the old run
+    assert "ig/drift_ratio" in monitor.last_metrics  # three earlier values came from the checkpoint
+    assert len(monitor.policy.recent) <= 3

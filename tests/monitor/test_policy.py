@@ -32,7 +32,8 @@ def test_none_limits_are_left_out_and_a_breach_is_described():
     assert policy.limits == {"ig/drift": 0.3}
     assert policy.find({"ig/drift": 0.25}, checks=1, epoch=0) == []
     assert policy.find({"ig/drift": 0.5}, checks=1, epoch=3) == [
-        "ig/drift (drift from the reference check (drift_metric, over the probe)) = 0.5 > drift_threshold=0.3 at epoch 3"]
+        "ig/drift (drift from the reference check (alarm.metric, over the probe)) = 0.5 > alarm.threshold=0.3 "
+        "at epoch 3"]
     assert policy.find({}, checks=1, epoch=0) == []  # a metric not logged this check never breaches
 
 

@@ -52,14 +52,14 @@ def test_validate_outputs_returns_the_kind(x, kind, caught):
 
 def test_class_names_of_another_length_are_named():
     probe = probe_of(TABLE, LABELS)
-    with pytest.raises(ValueError, match="`class_names` has 2 names but the model has 3 outputs"):
-        validate_outputs(MonitorConfig(class_names=["a", "b"]), probe, explainer_of(probe), LOGITS, [])
+    with pytest.raises(ValueError, match="`display.class_names` has 2 names but the model has 3 outputs"):
+        validate_outputs(MonitorConfig(display=dict(class_names=["a", "b"])), probe, explainer_of(probe), LOGITS, [])
 
 
 def test_feature_names_of_another_length_are_named():
     probe = probe_of(TABLE, LABELS)
-    with pytest.raises(ValueError, match="`feature_names` has 2 names but the inputs have 5 features"):
-        validate_outputs(MonitorConfig(feature_names=["a", "b"]), probe, explainer_of(probe), LOGITS, [])
+    with pytest.raises(ValueError, match="`display.feature_names` has 2 names but the inputs have 5 features"):
+        validate_outputs(MonitorConfig(display=dict(feature_names=["a", "b"])), probe, explainer_of(probe), LOGITS, [])
 
 
 @pytest.mark.parametrize("transform", ["softmax", "log_softmax"])
@@ -72,17 +72,18 @@ def test_softmax_over_one_output_is_named(transform, outputs):
 
 def test_kind_image_on_a_table_is_named():
     probe = probe_of(TABLE, LABELS)
-    with pytest.raises(ValueError, match=r"`kind`='image' needs attributions shaped like the input image \(5,\)"):
-        validate_outputs(MonitorConfig(kind="image"), probe, explainer_of(probe), LOGITS, [])
+    with pytest.raises(ValueError, match=r"`display.kind`='image' needs attributions shaped like the input image "
+                                         r"\(5,\)"):
+        validate_outputs(MonitorConfig(display=dict(kind="image")), probe, explainer_of(probe), LOGITS, [])
 
 
 def test_a_region_that_does_not_broadcast_is_named():
     probe = probe_of(IMAGES, LABELS)
-    config = MonitorConfig(region=torch.ones(3, 3, dtype=torch.bool))
-    with pytest.raises(ValueError, match=r"`region` of shape \(3, 3\) does not broadcast to one example's scores "
+    config = MonitorConfig(alarm=dict(region=torch.ones(3, 3, dtype=torch.bool)))
+    with pytest.raises(ValueError, match=r"`alarm.region` of shape \(3, 3\) does not broadcast to one example's scores "
                                          r"\(1, 8, 8\)"):
         validate_outputs(config, probe, explainer_of(probe), LOGITS, [])
-    fits = MonitorConfig(region=torch.ones(8, 8, dtype=torch.bool))
+    fits = MonitorConfig(alarm=dict(region=torch.ones(8, 8, dtype=torch.bool)))
     assert validate_outputs(fits, probe, explainer_of(probe), LOGITS, []) == "image"
 
 
@@ -101,7 +102,8 @@ def test_float_labels_with_auto_target_warn(caught):
 
 def test_topk_jaccard_over_too_few_features_warns(caught):
     probe = probe_of(TABLE, LABELS)
-    validate_outputs(MonitorConfig(drift_metric="topk_jaccard", top_k=5), probe, explainer_of(probe), LOGITS, [])
+    validate_outputs(MonitorConfig(alarm=dict(metric="topk_jaccard", top_k=5), rule_extraction=dict(top_k=5),
+                                   faithfulness=dict(top_k=5)), probe, explainer_of(probe), LOGITS, [])
     (message,) = monitor_messages(caught)
     assert "top_k=5 features of each example, but the probe has 5: it is always 0" in message
 
@@ -116,11 +118,11 @@ def test_decide_kind():
     assert decide_kind("auto", ids, (6,), "embedding") == "text"
     assert decide_kind("tabular", IMAGES, (1, 8, 8), None) == "tabular"
     assert decide_kind("auto", IMAGES, (4, 16), "patches") == "tabular"  # patches: not an image of the input
-    with pytest.raises(ValueError, match="`kind`='image' needs attributions shaped like the input image"):
+    with pytest.raises(ValueError, match="`display.kind`='image' needs attributions shaped like the input image"):
         decide_kind("image", IMAGES, (4, 16), "patches")
-    with pytest.raises(ValueError, match="`kind`='text' needs integer token ids attributed at an embedding"):
+    with pytest.raises(ValueError, match="`display.kind`='text' needs integer token ids attributed at an embedding"):
         decide_kind("text", TABLE, (5,), None)
-    with pytest.raises(ValueError, match="`kind`='text'"):
+    with pytest.raises(ValueError, match="`display.kind`='text'"):
         decide_kind("text", ids, (6,), None)
 
 

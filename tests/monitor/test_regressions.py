@@ -27,7 +27,8 @@ def test_a_per_example_baseline_follows_its_examples_through_groups(tmp_path):
     _, val = loaders()
     x = val.dataset.tensors[0][:12]
     baseline = x.roll(1, dims=-1) * 0.5  # one baseline per probe example
-    monitor = IntegratedGradientsMonitor(probe=12, n_steps=8, baseline=baseline, internal_batch_size=4)
+    monitor = IntegratedGradientsMonitor(probe=12, n_steps=8, baseline=baseline,
+                                         integration=dict(internal_batch_size=4))
     trainer(tmp_path, [monitor]).validate(model, val, verbose=False)  # 12 examples in groups of 4
     model.eval()
     ref = integrated_gradients(model, x, baselines=baseline, target=monitor.targets, n_steps=8)
@@ -41,7 +42,7 @@ def test_a_baseline_token_outside_the_vocabulary_fails_before_training(tmp_path)
 
 
 def test_a_path_that_changes_nothing_is_refused(tmp_path):
-    monitor = IntegratedGradientsMonitor(probe=4, layer="embedding", attribute="attention_mask")
+    monitor = IntegratedGradientsMonitor(probe=4, layer="embedding", inputs=dict(attribute="attention_mask"))
     with pytest.raises(ValueError, match="equals that on the probe for every example: there is nothing to attribute"):
         trainer(tmp_path, [monitor]).fit(TokenModel(), *token_loaders())
 
@@ -101,7 +102,9 @@ def test_a_probe_across_batches_of_other_lengths_names_the_probe(tmp_path):
 
 
 def test_topk_jaccard_over_too_few_features_warns(tmp_path):
-    monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, layer="embedding", drift_metric="topk_jaccard", top_k=7)
+    monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, layer="embedding",
+                                         alarm=dict(metric="topk_jaccard", top_k=7), rule_extraction=dict(top_k=7),
+                                         faithfulness=dict(top_k=7))
     with pytest.warns(UserWarning, match="topk_jaccard.*always 0"):
         trainer(tmp_path, [monitor], max_epochs=1).fit(TokenModel(), *token_loaders())
 
@@ -115,7 +118,8 @@ def test_half_precision_raises_an_unreachable_tolerance():
 
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(output_transform=lambda out: out.sum()), ValueError, "`output_transform` must give one output"),
-    (dict(unpack=lambda batch: batch["image"]), ValueError, r"`unpack` raised (TypeError|IndexError|KeyError)"),
+    (dict(inputs=dict(unpack=lambda batch: batch["image"])), ValueError,
+     r"`inputs.unpack` raised (TypeError|IndexError|KeyError)"),
 ])
 def test_misused_callables_are_named_before_training(tmp_path, kwargs, error, match):
     Counting.steps = 0
@@ -126,7 +130,8 @@ def test_misused_callables_are_named_before_training(tmp_path, kwargs, error, ma
 
 def test_engine_warnings_are_said_once_per_run(tmp_path):
     # max_steps=3 cannot reach tolerance: the engine warns at every check and group; the monitor passes it on once
-    monitor = IntegratedGradientsMonitor(probe=8, internal_batch_size=4, max_steps=3, tolerance=1e-6)
+    monitor = IntegratedGradientsMonitor(probe=8,
+                                         integration=dict(internal_batch_size=4, max_steps=3, tolerance=1e-6))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer(tmp_path, [monitor], max_epochs=3).fit(TinyCNN(), *loaders())

@@ -26,17 +26,17 @@ class Rounds(Callback):
 
 
 def monitors(**kw):
-    common = dict(probe=8, tolerance=1e-3, log_images=False, deletion_check=False, **kw)
-    return (IntegratedGradientsMonitor(name="cold", **common),
-            IntegratedGradientsMonitor(name="warm", warm_start=True, **common))
+    common = dict(probe=8, display=dict(log_images=False), faithfulness=dict(deletion=False), **kw)
+    return (IntegratedGradientsMonitor(name="cold", integration=dict(tolerance=1e-3), **common),
+            IntegratedGradientsMonitor(name="warm", integration=dict(tolerance=1e-3, warm_start=True), **common))
 
 
 def test_warm_start_needs_auto_steps_and_a_bool():
-    with pytest.raises(ValueError, match="`warm_start=True` needs n_steps='auto'"):
-        IntegratedGradientsMonitor(warm_start=True, n_steps=16)
+    with pytest.raises(ValueError, match="`integration.warm_start=True` needs n_steps='auto'"):
+        IntegratedGradientsMonitor(n_steps=16, integration=dict(warm_start=True))
     with pytest.raises(TypeError, match="warm_start"):
-        IntegratedGradientsMonitor(warm_start="yes")
-    assert IntegratedGradientsMonitor(warm_start=True).warm_start is True
+        IntegratedGradientsMonitor(integration=dict(warm_start="yes"))
+    assert IntegratedGradientsMonitor(integration=dict(warm_start=True)).integration.warm_start is True
 
 
 def test_warm_checks_match_cold_ones_within_tolerance_in_fewer_rounds(tmp_path):
@@ -65,25 +65,29 @@ def test_training_stays_bit_identical_with_warm_checks(tmp_path):
         return model.state_dict(), torch.get_rng_state()
 
     plain, rng_plain = run(None)
-    watched, rng_watched = run(IntegratedGradientsMonitor(probe=4, warm_start=True, log_images=False))
+    watched, rng_watched = run(IntegratedGradientsMonitor(probe=4, integration=dict(warm_start=True),
+                                                          display=dict(log_images=False)))
     assert torch.equal(rng_plain, rng_watched)
     for key in plain:
         assert torch.equal(plain[key], watched[key]), key
 
 
 def test_meshes_are_in_the_checkpoint_and_a_resumed_run_starts_warm(tmp_path):
-    monitor = IntegratedGradientsMonitor(probe=8, tolerance=1e-3, warm_start=True, log_images=False)
+    monitor = IntegratedGradientsMonitor(probe=8, integration=dict(tolerance=1e-3, warm_start=True),
+                                         display=dict(log_images=False))
     with caught_warnings():
         fit_net(tmp_path, monitor, max_epochs=2)
     state = monitor.state_dict()
     assert set(state["meshes"]) == set(range(8))
     torch.save(state, tmp_path / "state.pt")
     loaded = torch.load(tmp_path / "state.pt", weights_only=True)
-    resumed = IntegratedGradientsMonitor(probe=8, tolerance=1e-3, warm_start=True, log_images=False)
+    resumed = IntegratedGradientsMonitor(probe=8, integration=dict(tolerance=1e-3, warm_start=True),
+                                         display=dict(log_images=False))
     resumed.load_state_dict(loaded)
     for row, mesh in monitor.meshes.meshes.items():
         assert torch.equal(resumed.meshes.meshes[row], mesh)
-    fresh = IntegratedGradientsMonitor(probe=8, tolerance=1e-3, warm_start=True, log_images=False)
+    fresh = IntegratedGradientsMonitor(probe=8, integration=dict(tolerance=1e-3, warm_start=True),
+                                       display=dict(log_images=False))
     torch.manual_seed(0)
     model = Net()
     model.load_state_dict(monitor._model_ref().state_dict())
@@ -108,7 +112,7 @@ def test_broken_or_oversized_meshes_start_cold():
 
 
 def test_meshes_go_with_the_progress_when_the_monitor_meets_another_model(tmp_path):
-    monitor = IntegratedGradientsMonitor(probe=4, warm_start=True, log_images=False)
+    monitor = IntegratedGradientsMonitor(probe=4, integration=dict(warm_start=True), display=dict(log_images=False))
     with caught_warnings():
         fit_net(tmp_path, monitor, max_epochs=1)
         assert len(monitor.meshes) == 4

@@ -1,0 +1,367 @@
+"""The monitor's settings, one small frozen object per concern, each validated on its own.
+
+``IntegratedGradientsMonitor`` keeps at its top level what most users set (the probe, the target, the baseline,
+the layer, the steps, how often, the name); every other concern has one settings object here, passed as an
+instance or as a plain dict (a LightningCLI YAML mapping):
+
+- ``Inputs``: which inputs are attributed, how a batch is unpacked, how the probe is taken;
+- ``Integration``: the quadrature and its accuracy, memory and precision;
+- ``Alarm``: the drift measure, the thresholds and what a breach does;
+- ``RuleExtraction``: the per-class rules;
+- ``Faithfulness``: the deletion check;
+- ``Display``: pictures and the names of features, tokens and classes.
+
+A bad field is refused when the object is built, naming its full path (``alarm.factor``).
+
+Example::
+
+    >>> Alarm(threshold="auto", on_breach="stop").factor
+    5.0
+    >>> Alarm(factor=1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: `alarm.factor` must be > 1 (a breach is drift this many times the usual), got 1.0
+    >>> as_settings({"top_k": 5}, RuleExtraction, "rule_extraction")
+    RuleExtraction(top_k=5)
+
+The flat arguments of 0.1 are mapped onto these objects by ``ig_lightning.monitor.moved``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, TypeVar
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+
+from ig_lightning._validation import (
+    validate_bool,
+    validate_choice,
+    validate_int,
+    validate_names,
+    validate_optional_threshold,
+    validate_positive_float,
+)
+from ig_lightning.functional.drift import DRIFT_METRICS
+from ig_lightning.functional.quadrature import validate_method, validate_n_steps
+from ig_lightning.monitor.probe import PROBE_SELECTIONS, Name, default_unpack
+from ig_lightning.output.markdown import Names
+from ig_lightning.output.views import VIEW_KINDS
+
+REFERENCES = ("previous", "first")
+ON_BREACH = ("warn", "stop", "raise")
+DRIFT_SCOPES = ("probe", "class")
+
+
+class _Settings:
+    """What every settings object shares: its path in the monitor's arguments, and a setter for validation."""
+
+    #: The monitor argument that holds these settings (the first part of every error's path).
+    path: str = ""
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+    def _name(self, field: str) -> str:
+        return f"{self.path}.{field}"
+
+
+@dataclass(frozen=True)
+class Inputs(_Settings):
+    """Which of the model's inputs are attributed, how a batch is read, and how an int probe is taken.
+
+    Args:
+        attribute: The input(s) to attribute (names of a dict batch, or positions). ``None``: every floating
+            input, or with ``layer`` ``input_ids``/``pixel_values`` (else the first); the rest pass unchanged.
+        unpack: A callable mapping a batch to ``(inputs, labels or None)``; the default understands ``x``,
+            ``(x, y)``, Hugging Face dict batches and dicts with ``"x"``/``"y"``-like keys.
+        probe_selection: ``"stratified"``: an int ``probe`` spread over the classes by dataset index (the same on
+            every rank; a warning names missing classes); ``"first"``: the first ``N``.
+
+    Example::
+
+        >>> Inputs(attribute="pixel_values").attribute
+        ['pixel_values']
+    """
+
+    path = "inputs"
+    attribute: str | int | list[str | int] | None = None
+    unpack: Callable[[Any], Any] | None = None
+    probe_selection: Literal["stratified", "first"] = "stratified"
+
+    def __post_init__(self) -> None:
+        self._set("attribute", validate_attribute(self.attribute, self._name("attribute")))
+        if self.unpack is not None and not callable(self.unpack):
+            raise TypeError(f"`{self._name('unpack')}` must be callable, got {type(self.unpack).__name__}")
+        validate_choice(self.probe_selection, self._name("probe_selection"), PROBE_SELECTIONS)
+
+    @property
+    def unpack_batch(self) -> Callable[[Any], Any]:
+        """``unpack``, or the default reader."""
+        return self.unpack or default_unpack
+
+
+@dataclass(frozen=True)
+class Integration(_Settings):
+    """How each example's path integral is computed.
+
+    Args:
+        method: The quadrature rule of a fixed ``n_steps`` (captum's names).
+        tolerance: The accuracy target of ``n_steps="auto"``: each example is refined until its estimated relative
+            L2 error (``ig/attribution_error``) and its completeness error are within it.
+        max_steps: The most points per example with ``n_steps="auto"``.
+        internal_batch_size: Most path points per forward/backward; ``None``: half the training batch (the
+            validation one under ``trainer.validate``), so a check needs no more memory than a training step.
+        warm_start: With ``n_steps="auto"``, start each example's path from the last check's mesh (fewer rounds,
+            the same error target; ``ig_lightning.functional.warm``).
+        autocast: Run IG under the trainer's mixed-precision autocast (faster, less exact). Default: float32.
+
+    Example::
+
+        >>> Integration(tolerance=0.05, max_steps=64).max_steps
+        64
+    """
+
+    path = "integration"
+    method: Literal["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid",
+                    "gausslegendre"] = "gausslegendre"
+    tolerance: float = 0.01
+    max_steps: int = 256
+    internal_batch_size: int | None = None
+    warm_start: bool = False
+    autocast: bool = False
+
+    def __post_init__(self) -> None:
+        validate_method(self.method, self._name("method"))
+        self._set("max_steps", validate_n_steps(self.max_steps, self.method, name=self._name("max_steps")))
+        self._set("tolerance", validate_positive_float(self.tolerance, self._name("tolerance")))
+        if self.internal_batch_size is not None:
+            validate_int(self.internal_batch_size, self._name("internal_batch_size"), minimum=1)
+        validate_bool(self.warm_start, self._name("warm_start"))
+        validate_bool(self.autocast, self._name("autocast"))
+
+
+@dataclass(frozen=True)
+class Alarm(_Settings):
+    """How far the attributions move between checks, the thresholds, and what a breach does.
+
+    Args:
+        threshold: The drift alarm. ``"auto"``: breach when the drift is more than ``factor`` times the median of
+            the previous ``window`` checks' (``ig/drift_ratio``; it needs 3 earlier values). A number: breach
+            above it. ``None``: never.
+        factor: With ``"auto"``: how many times its usual drift a check must move to breach.
+        window: With ``"auto"``: how many previous checks the median spans.
+        scope: ``"class"``: the drift of the class that moved most (``ig/drift_class_max``), or ``"probe"``: the
+            mean (``ig/drift``). ``None``: ``"class"`` with ``"auto"``, else ``"probe"``.
+        metric: ``"cosine"``, ``"spearman"`` (rank) or ``"topk_jaccard"``, each as a distance.
+        reference: Compare with the ``"previous"`` check or the ``"first"`` one.
+        top_k: The ``k`` of ``metric="topk_jaccard"``.
+        completeness_threshold: Breach when the worst relative completeness error exceeds it.
+        attribution_error_threshold: Breach when ``ig/attribution_error_max`` exceeds it (``n_steps="auto"``).
+        region: A bool mask over one example's scores: logs ``ig/region_mass``, the share of ``|attribution|`` in it.
+        region_threshold: Breach when ``ig/region_mass`` exceeds it (e.g. a model reading a watermark).
+        warmup: First checks whose threshold breaches are ignored; NaN/inf always breach.
+        patience: Breaching checks before acting, among the last ``patience_window`` checks.
+        patience_window: ``None``: ``patience`` (in a row). Against the ``"previous"`` check a sudden change is
+            one check of high drift: with ``patience > 1`` give a window, or keep ``patience=1``.
+        on_breach: ``"warn"``, ``"stop"`` (end ``fit``) or ``"raise"`` (``AttributionDriftError``).
+
+    Example::
+
+        >>> alarm = Alarm(threshold="auto", on_breach="stop")
+        >>> alarm.auto, alarm.resolved_scope
+        (True, 'class')
+    """
+
+    path = "alarm"
+    threshold: float | Literal["auto"] | None = None
+    factor: float = 5.0
+    window: int = 5
+    scope: Literal["class", "probe"] | None = None
+    metric: Literal["cosine", "spearman", "topk_jaccard"] = "cosine"
+    reference: Literal["previous", "first"] = "previous"
+    top_k: int = 10
+    completeness_threshold: float | None = None
+    attribution_error_threshold: float | None = None
+    region: Any = None
+    region_threshold: float | None = None
+    warmup: int = 0
+    patience: int = 1
+    patience_window: int | None = None
+    on_breach: Literal["warn", "stop", "raise"] = "warn"
+
+    def __post_init__(self) -> None:
+        name = self._name
+        if self.threshold != "auto":
+            if isinstance(self.threshold, str):
+                raise ValueError(f"`{name('threshold')}` must be a number, 'auto' or None, got {self.threshold!r}")
+            self._set("threshold", validate_optional_threshold(self.threshold, name("threshold")))
+        self._set("factor", validate_positive_float(self.factor, name("factor")))
+        if self.factor <= 1:
+            raise ValueError(f"`{name('factor')}` must be > 1 (a breach is drift this many times the usual), got "
+                             f"{self.factor!r}")
+        validate_int(self.window, name("window"), minimum=2)
+        if self.scope is not None:
+            validate_choice(self.scope, name("scope"), DRIFT_SCOPES)
+        validate_choice(self.metric, name("metric"), DRIFT_METRICS)
+        validate_choice(self.reference, name("reference"), REFERENCES)
+        validate_int(self.top_k, name("top_k"), minimum=1)
+        for field in ("completeness_threshold", "attribution_error_threshold", "region_threshold"):
+            self._set(field, validate_optional_threshold(getattr(self, field), name(field)))
+        self.__validate_region()
+        validate_int(self.warmup, name("warmup"), minimum=0)
+        validate_int(self.patience, name("patience"), minimum=1)
+        if self.patience_window is not None:
+            validate_int(self.patience_window, name("patience_window"), minimum=1)
+            if self.patience_window < self.patience:
+                raise ValueError(f"`{name('patience_window')}` must be >= `{name('patience')}` ({self.patience}), "
+                                 f"got {self.patience_window}")
+        validate_choice(self.on_breach, name("on_breach"), ON_BREACH)
+        if self.threshold is not None and self.reference == "previous" and self.patience > 1 and \
+                self.patience_window is None:
+            rank_zero_warn(f"IntegratedGradientsMonitor: {name('patience')}={self.patience} counts breaches in a "
+                           "row, but drift against the previous check shows a sudden change of reasons at one check "
+                           f"only: such a change is never acted on. Use patience=1, or {name('patience_window')} "
+                           f"(e.g. {2 * self.patience + 1}) to count breaches over a window")
+
+    def __validate_region(self) -> None:
+        region = self.region
+        if isinstance(region, list):  # from a config file: nested lists of booleans
+            region = torch.tensor(region)
+            self._set("region", region)
+        if region is not None and (not isinstance(region, torch.Tensor) or region.dtype != torch.bool):
+            raise TypeError(f"`{self._name('region')}` must be a bool Tensor mask over one example's features, got "
+                            f"{region!r}")
+        if region is not None and not bool(region.any()):
+            raise ValueError(f"`{self._name('region')}` must select at least one feature, got an all-False mask")
+        if self.region_threshold is not None and region is None:
+            raise ValueError(f"`{self._name('region_threshold')}` needs a `{self._name('region')}` mask")
+
+    @property
+    def auto(self) -> bool:
+        """Whether the drift alarm is calibrated on the run's own history (``threshold="auto"``)."""
+        return self.threshold == "auto"
+
+    @property
+    def resolved_scope(self) -> str:
+        """``scope``, or by default ``"class"`` for the calibrated alarm and ``"probe"`` for a fixed threshold
+        (a number picked for ``ig/drift``, the probe's mean, keeps meaning that)."""
+        if self.scope is not None:
+            return self.scope
+        return "class" if self.auto else "probe"
+
+
+@dataclass(frozen=True)
+class RuleExtraction(_Settings):
+    """Each class's rules: the features (token ids, feature indices, pixels) that carry its attribution.
+
+    Args:
+        top_k: Features per class in the rules.
+    """
+
+    path = "rule_extraction"
+    top_k: int = 10
+
+    def __post_init__(self) -> None:
+        validate_int(self.top_k, self._name("top_k"), minimum=1)
+
+
+@dataclass(frozen=True)
+class Faithfulness(_Settings):
+    """Do the attributions point at what the model uses? Forward passes only.
+
+    Args:
+        deletion: Set each example's ``top_k`` most attributed units to the baseline, against ``top_k`` random
+            ones, and log the output's drop (``ig/deletion_*``); also each class's rule. ``False``: off.
+        top_k: Units the deletion check removes.
+    """
+
+    path = "faithfulness"
+    deletion: bool = True
+    top_k: int = 10
+
+    def __post_init__(self) -> None:
+        validate_bool(self.deletion, self._name("deletion"))
+        validate_int(self.top_k, self._name("top_k"), minimum=1)
+
+
+@dataclass(frozen=True)
+class Display(_Settings):
+    """Pictures, and the names of what they show (also used by the rules and per-class metric keys).
+
+    Args:
+        log_images: Draw pictures (scalars are always logged).
+        kind: Pictures for ``"image"``, ``"text"`` or ``"tabular"`` inputs; ``"auto"`` guesses.
+        vocabulary: Token names: a list by id, a callable ``id -> str``, or a tokenizer.
+        feature_names: Feature names for tabular inputs.
+        class_names: Class names, for rules, captions and per-class drift.
+        max_images: Probe examples drawn per check.
+        color_headroom: Each example's colour scale: this many times its largest ``|attribution|`` at the
+            first check (attributions grow as a model learns).
+    """
+
+    path = "display"
+    log_images: bool = True
+    kind: Literal["auto", "image", "text", "tabular"] = "auto"
+    vocabulary: Names = None
+    feature_names: Sequence[str] | None = None
+    class_names: Sequence[str] | None = None
+    max_images: int = 8
+    color_headroom: float = 4.0
+
+    def __post_init__(self) -> None:
+        validate_bool(self.log_images, self._name("log_images"))
+        validate_choice(self.kind, self._name("kind"), VIEW_KINDS)
+        self._set("vocabulary", validate_vocabulary(self.vocabulary, self._name("vocabulary")))
+        self._set("feature_names", validate_names(self.feature_names, self._name("feature_names")))
+        self._set("class_names", validate_names(self.class_names, self._name("class_names")))
+        validate_int(self.max_images, self._name("max_images"), minimum=1)
+        self._set("color_headroom", validate_positive_float(self.color_headroom, self._name("color_headroom")))
+
+
+#: The monitor's settings arguments and their classes, in the signature's order.
+GROUPS: dict[str, type] = {"inputs": Inputs, "integration": Integration, "alarm": Alarm,
+                           "rule_extraction": RuleExtraction, "faithfulness": Faithfulness, "display": Display}
+
+S = TypeVar("S")
+
+
+def as_settings(value: Any, cls: type[S], name: str) -> S:
+    """``value`` as a ``cls``: ``None`` gives the defaults, a dict its fields (unknown keys refused by name)."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(str(k) for k in value if k not in known)
+        if unknown:
+            raise TypeError(f"`{name}` has no setting {', '.join(repr(k) for k in unknown)}; its settings are "
+                            f"{known}")
+        return cls(**value)
+    raise TypeError(f"`{name}` must be {cls.__name__}(...) or a dict of its settings, got {type(value).__name__}")
+
+
+def validate_vocabulary(value: Any, name: str = "vocabulary") -> Names:
+    """``None``, a callable, a tokenizer (``convert_ids_to_tokens``) or a list of token names."""
+    if value is None or callable(value) or callable(getattr(value, "convert_ids_to_tokens", None)):
+        return value
+    return validate_names(value, name)
+
+
+def validate_attribute(value: Any, name: str = "attribute") -> list[Name] | None:
+    """``None``, an input name or position, or a list of distinct ones."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, (str, int)) else value
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or not items:
+        raise TypeError(f"`{name}` must be an input name, a position, or a non-empty list of them, got {value!r}")
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (str, int)):
+            raise TypeError(f"`{name}` entries must be input names (str) or positions (int), got {item!r}")
+    if len(set(items)) != len(items):
+        raise ValueError(f"`{name}` names an input twice: {value!r}")
+    return list(items)
