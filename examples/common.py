@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from ig_lightning import IntegratedGradientsMonitor
+from ig_lightning.functional.rule_tests import Rule
 
 RUNS = Path("runs")
 Split = tuple[torch.Tensor, torch.Tensor]
@@ -198,14 +200,17 @@ def _namer(names: KeyNames, prefix: str) -> Callable[[int], str]:
     return lambda i: names[i] if 0 <= i < len(names) else f"{prefix}{i}"
 
 
-def rules_lines(
-    rules: dict[int, list[tuple[int, float]]], *, key_names: KeyNames = None, class_names: KeyNames = None,
-    top: int = 3,
-) -> list[str]:
-    """One line per class: its ``top`` rules as ``name (score)``."""
+def rules_lines(rules: dict[int, list[Rule]], *, key_names: KeyNames = None, class_names: KeyNames = None,
+                top: int = 3) -> list[str]:
+    """Each class's first ``top`` rules, one line each: the statement and its numbers on the rule set (an untested
+    rule: its key's name and attribution)."""
     key, cls = _namer(key_names, "#"), _namer(class_names, "class ")
-    return [f"  {cls(c)}: " + ", ".join(f"{key(k)} ({score:+.3f})" for k, score in rules[c][:top])
-            for c in sorted(rules)]
+    lines = []
+    for c in sorted(rules):
+        for rule in rules[c][:top]:
+            tested = rule.text and math.isfinite(rule.coverage)
+            lines.append(f"  {rule.summary()}" if tested else f"  {cls(c)}: {key(rule.keys[0])} ({rule.share:+.3f})")
+    return lines
 
 
 def summarize(

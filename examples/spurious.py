@@ -105,9 +105,11 @@ def was_stopped(run: Run) -> bool:
 
 
 def classes_reading_the_mark(run: Run, top: int = 5) -> list[int]:
-    """The classes whose extracted rules have a pixel of the mark among their ``top`` features."""
+    """The classes with a rule among their first ``top`` that says "the mark present -> the class": a region holding
+    a pixel of the mark, whose mean is above its threshold."""
     mark = set(CUE_REGION.reshape(-1).nonzero().flatten().tolist())
-    return [c for c, rules in sorted(run.monitor.rules.items()) if mark & {key for key, _ in rules[:top]}]
+    return [c for c, rules in sorted(run.monitor.rules.items())
+            if any(mark & set(r.keys) and r.direction == ">" for r in rules[:top])]
 
 
 def report(mode: str, run: Run) -> str:

@@ -120,8 +120,8 @@ def train(max_epochs: int = 5, root: str | Path = RUNS, verbose: bool = True, n:
 
 
 def rule_words(monitor: IntegratedGradientsMonitor, top: int = 3) -> dict[str, list[str]]:
-    """The ``top`` words of each class's rules, by class name."""
-    return {CLASS_NAMES[c]: [token_name(k) for k, _ in rules[:top]] for c, rules in monitor.rules.items()}
+    """The words of each class's first ``top`` rules (an n-gram gives its words in order), by class name."""
+    return {CLASS_NAMES[c]: [token_name(k) for r in rules[:top] for k in r.keys] for c, rules in monitor.rules.items()}
 
 
 def main(argv: list[str] | None = None) -> Run:

@@ -51,6 +51,7 @@ class WordTokenizer:
         self.vocab = {token: i for i, token in enumerate(dict.fromkeys([*SPECIAL_TOKENS, *words]))}
         self.ids_to_tokens = list(self.vocab)
         self.pad_token_id, self.cls_token_id, self.sep_token_id, self.unk_token_id = range(4)
+        self.all_special_ids = list(range(len(SPECIAL_TOKENS)))  # as a Hugging Face tokenizer has them
 
     def __len__(self) -> int:
         return len(self.vocab)
@@ -181,8 +182,8 @@ def train(max_epochs: int = 6, root: str | Path = RUNS, verbose: bool = True, n:
 
 
 def rule_words(monitor: IntegratedGradientsMonitor, top: int = 3) -> dict[str, list[str]]:
-    """The ``top`` words of each class's rules, by class name."""
-    return {CLASS_NAMES[c]: TOKENIZER.convert_ids_to_tokens([k for k, _ in rules[:top]])
+    """The words of each class's first ``top`` rules (an n-gram gives its words in order), by class name."""
+    return {CLASS_NAMES[c]: TOKENIZER.convert_ids_to_tokens([k for r in rules[:top] for k in r.keys])
             for c, rules in monitor.rules.items()}
 
 

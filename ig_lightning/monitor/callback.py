@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from ig_lightning.functional.integrated_gradients import IGResult
+from ig_lightning.functional.rule_tests import Rule
 from ig_lightning.monitor import preflight
 from ig_lightning.monitor._isolation import eval_mode, preserved_rng
 from ig_lightning.monitor.config import DELTA_FLOOR, MonitorConfig
@@ -26,6 +27,7 @@ from ig_lightning.monitor.moved import regroup
 from ig_lightning.monitor.policy import AttributionDriftError, BreachPolicy
 from ig_lightning.monitor.probe import ModelInputs, Probe
 from ig_lightning.monitor.settings import Alarm, Display, Faithfulness, Inputs, Integration, RuleExtraction
+from ig_lightning.monitor.rule_stage import RuleTests, untested_rules
 from ig_lightning.monitor.stages import Check, Rules, log_scalars, make_stages
 from ig_lightning.monitor.targets import resolve_targets
 from ig_lightning.output.report import Reporter, logger_step
@@ -160,14 +162,22 @@ class IntegratedGradientsMonitor(Callback):
         return inputs.args[0] if len(inputs.args) == 1 and not inputs.kwargs else inputs
 
     @property
-    def rules(self) -> dict[int, list[tuple[int, float]]]:
-        """Each class's top ``(feature or token id, score)`` at the last check."""
+    def rules(self) -> dict[int, list[Rule]]:
+        """Each class's rules at the last check, ranked: tested statements (``rule_extraction.test``), else its
+        top features by summed attribution over the probe, untested."""
+        tests = self.stage(RuleTests)
+        return tests.rules if tests is not None else untested_rules(self.top_features, self._kind)
+
+    @property
+    def top_features(self) -> dict[int, list[tuple[int, float]]]:
+        """Each class's top ``(feature or token id, summed attribution)`` over the probe at the last check."""
         return self.stage(Rules).tracker.rules
 
     @property
     def rules_history(self) -> list[dict[str, Any]]:
         """The rules and their changes at every check of this run."""
-        return self.stage(Rules).tracker.history
+        tests = self.stage(RuleTests)
+        return tests.history if tests is not None else self.stage(Rules).tracker.history
 
     # --- setup: everything that can be validated before training --------------------------------------
 
@@ -210,6 +220,9 @@ class IntegratedGradientsMonitor(Callback):
             self._explainer = Explainer(self.probe.inputs, config.inputs.attribute, self._layer_module, config.layer,
                                         config.output_transform, preflight.resolve_baseline(config, self.probe))
             self._kind = preflight.validate(config, self.probe, self._explainer, pl_module, self._batch)
+            for stage in self.stages:
+                stage.prepare(trainer, pl_module, self.probe, self._explainer, self._kind, self._batch,
+                              self._layer_module)
         self._reporter = Reporter(self._loggers, config.display.log_images, make_view(self._kind, config.display),
                                   config.prefix, config.rules_file)
 

@@ -71,6 +71,8 @@ METRICS: dict[str, str] = {
                      "baseline",
     "deletion_random_drop": "the same drop when faithfulness.top_k random units are set to the baseline",
     "deletion_ratio": "deletion_drop over deletion_random_drop (above 1: the attributions point at what matters)",
+    "rule_events": "rules that entered a class's first three with high sufficiency, or whose sufficiency rose",
+    "guard_breaches": "guarded features (rule_extraction.guards) that became a rule or decide a class",
 }
 
 #: Thresholds: the metric each one watches and the setting that holds its limit.
@@ -81,6 +83,8 @@ THRESHOLDS: dict[str, str] = {
     "completeness_error_max": "alarm.completeness_threshold",
     "attribution_error_max": "alarm.attribution_error_threshold",
     "region_mass": "alarm.region_threshold",
+    "rule_events": "rule_extraction.events_breach",
+    "guard_breaches": "rule_extraction.guards",
 }
 
 

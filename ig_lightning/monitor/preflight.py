@@ -89,6 +89,16 @@ def take_probe_from(trainer: Trainer, config: MonitorConfig) -> Probe:
     return probe
 
 
+def take_rule_set(trainer: Trainer, config: MonitorConfig) -> Probe | None:
+    """``rule_extraction.rule_set`` validation examples spread over the classes, the same on every rank; ``None``
+    without validation data (the rules are then tested on the probe)."""
+    loader = first_val_dataloader(trainer.val_dataloaders)
+    if loader is None:
+        return None
+    rule_set = take_probe(loader, config.rule_extraction.rule_set, config.inputs.unpack_batch, "stratified")
+    return Probe.from_state(trainer.strategy.broadcast(rule_set.state(), src=0))
+
+
 def request_val_dataloader(trainer: Trainer) -> Any:
     """The first validation dataloader, loading the validation data now if Lightning has not yet.
 

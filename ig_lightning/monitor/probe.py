@@ -106,6 +106,11 @@ class ModelInputs:
         args = tuple(values.get(i, t) for i, t in enumerate(self.args))
         return ModelInputs(args, {k: values.get(k, v) for k, v in self.kwargs.items()})
 
+    def same_layout(self, other: ModelInputs) -> bool:
+        """Whether ``other`` has the same inputs (positions and names), each with as many dimensions (token sequences
+        may be padded to other lengths)."""
+        return self.names == other.names and all(self[n].ndim == other[n].ndim for n in self.names)
+
     def call(self, model: Callable[..., Any]) -> Any:
         return model(*self.args, **self.kwargs)
 

@@ -21,8 +21,8 @@ Example::
     Traceback (most recent call last):
     ...
     ValueError: `alarm.factor` must be > 1 (a breach is drift this many times the usual), got 1.0
-    >>> as_settings({"top_k": 5}, RuleExtraction, "rule_extraction")
-    RuleExtraction(top_k=5)
+    >>> as_settings({"top_k": 5}, RuleExtraction, "rule_extraction").top_k
+    5
 
 The flat arguments of 0.1 are mapped onto these objects by ``ig_lightning.monitor.moved``.
 """
@@ -256,17 +256,80 @@ class Alarm(_Settings):
 
 @dataclass(frozen=True)
 class RuleExtraction(_Settings):
-    """Each class's rules: the features (token ids, feature indices, pixels) that carry its attribution.
+    """Each class's rules: statements read off the attributions and tested on data at every check
+    (``ig_lightning.functional.rule_tests``; how to read them: docs/rules.md).
+
+    Candidates are n-grams of real tokens, features with a threshold, or image regions, taken from the probe's
+    attributions and from a one-point attribution of the rule set; each is tested with forward passes on the
+    rule set (coverage, precision, necessity, sufficiency) and ranked by what it does there.
 
     Args:
-        top_k: Features per class in the rules.
+        top_k: Rules kept per class (and the attribution's top features per class).
+        test: Test candidate rules on data. ``False``: a class's rules are its top features by summed
+            attribution over the probe, untested.
+        rule_set: Validation examples the rules are tested on, spread over the classes, taken once and kept.
+        candidates: Candidate rules per class at every check (their coverage and precision need no forward pass).
+        decisive: Of those, the rules per class that hold best (precision, then class coverage) whose necessity
+            and sufficiency are tested with forward passes.
+        attribution_sample: Rule-set examples attributed (one point each) per check for candidates, a different
+            window at each check, pooled with the last checks' (the whole rule set after ``rule_set /
+            attribution_sample`` checks).
+        max_ngram: Longest token n-gram of a text rule.
+        region_size: Side of an image rule's square region, in pixels; ``None``: a quarter of the image's
+            shorter side (at least 2).
+        max_tests: Most examples a rule's necessity and sufficiency each rest on.
+        event_sufficiency: A rule that enters a class's first three with at least this sufficiency is an event
+            (``ig/rule_events``); ``None``: never.
+        event_rise: A rule whose sufficiency rose by at least this much since it was first tested is an event.
+        events_breach: Make a check with a rule event a breach for ``alarm.on_breach``.
+        guards: Features the model must never rely on: token texts, feature names, feature indices, or a bool
+            mask over an image's pixels. Each is tested as a rule of every class at every check.
+        guard_necessity: A guard breaches when its necessity for any class exceeds this.
+        guard_sufficiency: A guard breaches when its sufficiency for any class exceeds this (it also breaches when
+            it is among a class's ``top_k`` rules).
+
+    Example::
+
+        >>> RuleExtraction(guards=["worst radius"], guard_sufficiency=0.3).rule_set
+        256
     """
 
     path = "rule_extraction"
     top_k: int = 10
+    test: bool = True
+    rule_set: int = 256
+    candidates: int = 6
+    decisive: int = 2
+    attribution_sample: int = 64
+    max_ngram: int = 3
+    region_size: int | None = None
+    max_tests: int = 32
+    event_sufficiency: float | None = 0.5
+    event_rise: float = 0.3
+    events_breach: bool = False
+    guards: list[Any] | None = None
+    guard_necessity: float = 0.2
+    guard_sufficiency: float = 0.2
 
     def __post_init__(self) -> None:
-        validate_int(self.top_k, self._name("top_k"), minimum=1)
+        name = self._name
+        validate_int(self.top_k, name("top_k"), minimum=1)
+        validate_bool(self.test, name("test"))
+        validate_int(self.rule_set, name("rule_set"), minimum=1)
+        validate_int(self.candidates, name("candidates"), minimum=1)
+        validate_int(self.decisive, name("decisive"), minimum=1)
+        validate_int(self.attribution_sample, name("attribution_sample"), minimum=1)
+        validate_int(self.max_ngram, name("max_ngram"), minimum=1)
+        if self.region_size is not None:
+            validate_int(self.region_size, name("region_size"), minimum=1)
+        validate_int(self.max_tests, name("max_tests"), minimum=1)
+        if self.event_sufficiency is not None:
+            self._set("event_sufficiency", validate_share(self.event_sufficiency, name("event_sufficiency")))
+        self._set("event_rise", validate_share(self.event_rise, name("event_rise")))
+        validate_bool(self.events_breach, name("events_breach"))
+        self._set("guards", validate_guards(self.guards, name("guards")))
+        self._set("guard_necessity", validate_share(self.guard_necessity, name("guard_necessity")))
+        self._set("guard_sufficiency", validate_share(self.guard_sufficiency, name("guard_sufficiency")))
 
 
 @dataclass(frozen=True)
@@ -365,3 +428,33 @@ def validate_attribute(value: Any, name: str = "attribute") -> list[Name] | None
     if len(set(items)) != len(items):
         raise ValueError(f"`{name}` names an input twice: {value!r}")
     return list(items)
+
+
+def validate_share(value: Any, name: str) -> float:
+    """A number in [0, 1]."""
+    value = validate_positive_float(value, name, allow_zero=True)
+    if value > 1:
+        raise ValueError(f"`{name}` must be a share in [0, 1], got {value!r}")
+    return value
+
+
+def validate_guards(value: Any, name: str) -> list[Any] | None:
+    """``None`` or a non-empty list of token texts / feature names (str), feature indices (int) or bool masks."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes, torch.Tensor)) or not isinstance(value, Sequence) or not value:
+        raise TypeError(f"`{name}` must be a non-empty list of token texts, feature names, feature indices or bool "
+                        f"masks, got {value!r:.80}")
+    out = []
+    for item in value:
+        if isinstance(item, list):  # a mask from a config file: nested lists of booleans
+            item = torch.tensor(item)
+        if isinstance(item, torch.Tensor):
+            if item.dtype != torch.bool or not bool(item.any()):
+                raise ValueError(f"`{name}` masks must be bool Tensors selecting at least one pixel, got {item!r:.80}")
+        elif isinstance(item, bool) or not isinstance(item, (str, int)):
+            raise TypeError(f"`{name}` entries must be str, int or a bool mask, got {item!r:.80}")
+        elif isinstance(item, int) and item < 0:
+            raise ValueError(f"`{name}` feature indices must be >= 0, got {item}")
+        out.append(item)
+    return out

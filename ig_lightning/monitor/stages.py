@@ -15,11 +15,12 @@ Example::
 
     >>> from ig_lightning.monitor.config import MonitorConfig
     >>> [type(s).__name__ for s in make_stages(MonitorConfig(alarm={"region": [[True, False]]}))]
-    ['Completeness', 'Drift', 'Region', 'Rules', 'Deletion', 'Pictures']
+    ['Completeness', 'Drift', 'Region', 'Rules', 'RuleTests', 'Deletion', 'Pictures']
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,6 +122,10 @@ class Check:
 class Stage:
     """One concern of a check: ``update`` adds its metrics, record fields, limits and faults to the check."""
 
+    def prepare(self, trainer: Any, model: Any, probe: Probe, explainer: Explainer, kind: str, batch: int,
+                layer: Any) -> None:
+        """Called once before the first check, after the probe was validated against the model (no gradients)."""
+
     def update(self, check: Check) -> None:
         raise NotImplementedError
 
@@ -201,7 +206,7 @@ class Drift(Stage):
             metrics[names["drift_class_max"]] = series["drift_class_max"] = worst
             for c in sorted(per_class)[:MAX_LOGGED_CLASSES]:
                 known = self.class_names is not None and c < len(self.class_names)
-                metrics[names[f"drift_class/{self.class_names[c] if known else c}"]] = per_class[c]
+                metrics[names[f"drift_class/{key_part(self.class_names[c]) if known else c}"]] = per_class[c]
         watched = self.watched(bool(per_class))
         ratio = self.history.ratio(watched, series[watched])
         if ratio is not None:
@@ -292,10 +297,26 @@ def make_stages(config: MonitorConfig) -> list[Stage]:
     if config.alarm.region is not None:
         stages.append(Region(config, names))
     stages.append(Rules(config))
+    if config.rule_extraction.test:
+        from ig_lightning.monitor.rule_stage import RuleTests  # it builds on this module's Stage
+
+        stages.append(RuleTests(config, names))
     if config.faithfulness.deletion:
         stages.append(Deletion(config, names))
     stages.append(Pictures(config))
     return stages
+
+
+def key_part(name: str) -> str:
+    """A class name as a safe part of a metric key, the same in every logger: characters other than letters, digits,
+    ``_``, ``.`` and ``-`` become ``_`` (a class named ``<script>`` is logged as ``_script_``).
+
+    Example::
+
+        >>> key_part("New York <b>")
+        'New_York__b_'
+    """
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "_"
 
 
 def region_mass(scores: torch.Tensor, region: torch.Tensor) -> float:

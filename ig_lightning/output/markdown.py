@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -27,8 +27,16 @@ Names = Sequence[str] | Callable[[int], str] | TokenizerLike | None
 
 
 def escape(text: object) -> str:
-    """Text safe inside a Markdown table cell: backslashes and ``|`` escaped, newlines folded."""
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """Text safe inside a Markdown table cell and as Markdown rendered to HTML: backslashes and ``|`` escaped,
+    ``&``, ``<`` and ``>`` as HTML entities (a vocabulary word ``<img ...>`` stays text), newlines folded.
+
+    Example::
+
+        >>> print(escape("<b>a|b</b>"))
+        &lt;b&gt;a\\|b&lt;/b&gt;
+    """
+    text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
 def format_score(value: float, precision: int = 3) -> str:
@@ -197,3 +205,64 @@ def token_table(
         cells = " ".join(f"{escape(t)} ({format_score(float(s[i, j]), precision)})" for j, t in enumerate(row))
         lines.append(f"| {i} | {cells} |")
     return "\n".join(lines)
+
+
+#: The columns of the tested rules table, in every logger.
+TESTED_COLUMNS = ("class", "rule", "score", "coverage", "precision", "necessity", "sufficiency", "support", "change")
+
+
+def rule_table_rows(rules: dict[int, list[Any]], changes: dict[int, dict[str, Any]] | None = None,
+                      class_names: Sequence[str] | None = None) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
+    """One row per tested rule (``ig_lightning.functional.rule_tests.Rule``), its numbers as columns (``-`` where a
+    number rests on no example), and its change since the previous check: ``new``, or the score's change.
+
+    Example::
+
+        >>> from ig_lightning.functional.rule_tests import Rule
+        >>> rule = Rule(0, "tokens", (3,), text='"who" -> person', score=0.9, coverage=0.25, precision=1.0,
+        ...             necessity=0.9, sufficiency=0.8, support={"rule_set": 64, "applies": 16})
+        >>> rule_table_rows({0: [rule]}, {0: {"entered": ['"who" -> person']}})[1]
+        (('0', '"who" -> person', '0.90', '0.25', '1.00', '0.90', '0.80', '16/64', 'new'),)
+    """
+    class_name = name_lookup(class_names, str, "class_names")
+    rows = []
+    for c in sorted(rules):
+        change = (changes or {}).get(c, {})
+        entered, before = set(change.get("entered", [])), change.get("scores", {})
+        for rule in rules[c]:
+            if changes is None:
+                moved = "-"
+            elif rule.text in entered:
+                moved = "new"
+            else:
+                old = before.get(rule.text, math.nan)
+                moved = f"{rule.score - old:+.2f}" if math.isfinite(old) and math.isfinite(rule.score) else "-"
+            s = rule.support
+            rows.append((class_name(c), rule.text, *(_share(v) for v in (rule.score, rule.coverage, rule.precision,
+                                                                          rule.necessity, rule.sufficiency)),
+                         f"{s.get('applies', 0)}/{s.get('rule_set', 0)}", moved))
+    return TESTED_COLUMNS, tuple(rows)
+
+
+def rule_table_markdown(rules: dict[int, list[Any]], changes: dict[int, dict[str, Any]] | None = None,
+                          class_names: Sequence[str] | None = None, events: Sequence[str] = (),
+                          guards: Sequence[Any] = ()) -> str:
+    """``rule_table_rows()`` as a Markdown table (every cell escaped), with the rules that left each class's list,
+    the check's rule events and the guarded features below it."""
+    columns, rows = rule_table_rows(rules, changes, class_names)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(escape(cell) for cell in row) + " |" for row in rows]
+    class_name = name_lookup(class_names, str, "class_names")
+    left = [f"{escape(class_name(c))}: " + ", ".join(escape(t) for t in ch.get("left", []))
+            for c, ch in sorted((changes or {}).items()) if ch.get("left")]
+    if left:
+        lines += ["", "Left since the previous check: " + "; ".join(left)]
+    if events:
+        lines += ["", "Rule events: " + "; ".join(escape(e) for e in events)]
+    if guards:
+        lines += ["", "Guarded features: " + "; ".join(escape(g.summary()) for g in guards)]
+    return "\n".join(lines)
+
+
+def _share(value: float) -> str:
+    return f"{value:.2f}" if math.isfinite(value) else "-"

@@ -37,6 +37,10 @@ class CheckRecord:
         predictions: The predicted class per example at this check ``(B,)``, for multi-class models.
         rule_drops: Per class, the relative drop of its score when its rule is removed from its examples
             (the deletion check); shown as a column of the rules table.
+        tested_rules: Per class, its tested rules (``ig_lightning.functional.rule_tests.Rule``), ranked.
+        rule_changes: Per class, the statements that ``entered``/``left`` its tested rules since the last check.
+        rule_events: Rule events of this check, as sentences.
+        guard_rules: The guarded features, tested as rules of every class.
     """
 
     step: int
@@ -53,6 +57,10 @@ class CheckRecord:
     prefix: str = "ig"
     labels: torch.Tensor | None = None
     predictions: torch.Tensor | None = None
+    tested_rules: dict[int, list[Any]] | None = None
+    rule_changes: dict[int, dict[str, list[str]]] | None = None
+    rule_events: list[str] = field(default_factory=list)
+    guard_rules: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ class Reporter:
     def write(self, record: CheckRecord) -> None:
         if not self.writers:
             return
-        line = rules_line(record) if record.rules else None
+        line = rules_line(record) if record.rules or record.tested_rules else None
         items: list[Item] = []
         if self.log_images and not self._safely("pictures", lambda: items.extend(self._items(record))):
             items = []
@@ -133,8 +133,16 @@ class Reporter:
 
 
 def rules_line(record: CheckRecord) -> dict:
-    """One check's rules as a JSON-ready dict: the line of the rules file."""
-    return {"epoch": record.epoch, "step": record.step,
-            "rules": {str(c): v for c, v in record.rules.items()},
-            "changes": {str(c): v for c, v in (record.changes or {}).items()},
-            "rule_drops": {str(c): v if math.isfinite(v) else None for c, v in record.rule_drops.items()}}
+    """One check's rules as a JSON-ready dict: the line of the rules file. With tested rules, ``rules`` holds every
+    class's rules (each with all its fields), ``top_features`` the attribution's ``[key, score]`` pairs."""
+    features = {"rules": {str(c): v for c, v in record.rules.items()},
+                "changes": {str(c): v for c, v in (record.changes or {}).items()},
+                "rule_drops": {str(c): v if math.isfinite(v) else None for c, v in record.rule_drops.items()}}
+    line = {"epoch": record.epoch, "step": record.step}
+    if record.tested_rules is None:
+        return {**line, **features}
+    return {**line, "rules": {str(c): [r.to_dict() for r in rs] for c, rs in record.tested_rules.items()},
+            "changes": {str(c): v for c, v in (record.rule_changes or {}).items()},
+            "events": list(record.rule_events), "guards": [g.to_dict() for g in record.guard_rules],
+            "top_features": features["rules"], "top_feature_changes": features["changes"],
+            "rule_drops": features["rule_drops"]}

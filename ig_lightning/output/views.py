@@ -28,7 +28,15 @@ from ig_lightning.output.captions import (
     grid_caption,
     wrap_title,
 )
-from ig_lightning.output.markdown import Names, name_lookup, rules_markdown, rules_rows, token_table
+from ig_lightning.output.markdown import (
+    Names,
+    name_lookup,
+    rules_markdown,
+    rules_rows,
+    rule_table_markdown,
+    rule_table_rows,
+    token_table,
+)
 from ig_lightning.output.record import (
     CheckRecord,
     Histogram,
@@ -68,11 +76,19 @@ def _finite_histogram(tag: str, values: torch.Tensor) -> Histogram | None:
 
 def _rules_items(record: CheckRecord, key_names: Any, class_names: Sequence[str] | None,
                  caption: str = "") -> list[Item]:
+    """The rules table (``rules``, ``rules_table``): the tested rules when there are, else the top features; with
+    tested rules the top features go to ``top_features``."""
     table = rules_markdown(record.rules, record.changes, drops=record.rule_drops, key_names=key_names,
                            class_names=class_names)
     columns, rows = rules_rows(record.rules, record.changes, drops=record.rule_drops, key_names=key_names,
                                class_names=class_names)
-    return [Text(f"{record.prefix}/rules", caption + table), Table(f"{record.prefix}/rules_table", columns, rows)]
+    if record.tested_rules is None:
+        return [Text(f"{record.prefix}/rules", caption + table), Table(f"{record.prefix}/rules_table", columns, rows)]
+    tested = rule_table_markdown(record.tested_rules, record.rule_changes, class_names, record.rule_events,
+                                   record.guard_rules)
+    columns, rows = rule_table_rows(record.tested_rules, record.rule_changes, class_names)
+    return [Text(f"{record.prefix}/rules", tested), Table(f"{record.prefix}/rules_table", columns, rows),
+            Text(f"{record.prefix}/top_features", caption + table)]
 
 
 def _finite_examples(scores: torch.Tensor) -> torch.Tensor:

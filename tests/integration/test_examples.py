@@ -33,7 +33,7 @@ def test_digits_demo_main_trains_logs_and_summarizes(
     assert list(run.log_dir.glob("events.out.tfevents.*"))
     lines = rules_file(run)
     assert [line["epoch"] for line in lines] == [0, 1]
-    assert all(0 <= key < 64 for rules in monitor.rules.values() for key, _ in rules)
+    assert all(0 <= key < 64 for rules in monitor.top_features.values() for key, _ in rules)
 
 
 def test_text_rules_name_the_trigger_words(tmp_path: Path) -> None:
@@ -42,10 +42,13 @@ def test_text_rules_name_the_trigger_words(tmp_path: Path) -> None:
     assert set(words) == set(text.CLASS_NAMES)
     assert {"how", "many"} & set(words["number"])
     for name, trigger in (("person", "who"), ("place", "where"), ("time", "when")):
-        assert words[name][0] == trigger, words
-    last = rules_file(run)[-1]["rules"]
-    assert {int(c) for c in last} == set(range(len(text.CLASS_NAMES)))
-    assert text.token_name(last["1"][0][0]) == "who"
+        assert trigger in words[name][:2], words
+    last = rules_file(run)[-1]
+    assert {int(c) for c in last["rules"]} == set(range(len(text.CLASS_NAMES)))
+    who = [r for r in last["rules"]["1"] if r["text"] == '"who" -> person']
+    assert who and who[0]["precision"] > 0.9 and who[0]["coverage"] > 0.1  # a quarter of the questions
+    assert set(who[0]) >= {"keys", "text", "score", "coverage", "precision", "necessity", "sufficiency", "support"}
+    assert text.token_name(last["top_features"]["1"][0][0]) == "who"
 
 
 def test_question_generator_plants_exactly_one_trigger_phrase() -> None:
@@ -64,12 +67,15 @@ def test_tabular_rules_are_feature_indices_with_names(tmp_path: Path) -> None:
     monitor = run.monitor
     assert list(monitor.display.feature_names) == tabular.FEATURE_NAMES and len(tabular.FEATURE_NAMES) == 30
     assert set(monitor.rules) == {0, 1}
-    keys = [key for rules in monitor.rules.values() for key, _ in rules]
+    keys = [key for rules in monitor.rules.values() for rule in rules for key in rule.keys]
     assert all(isinstance(key, int) and 0 <= key < 30 for key in keys)
+    first = monitor.rules[0][0]
+    assert first.kind == "feature" and first.direction in (">", "<") and first.threshold is not None
+    assert first.text == f"{tabular.FEATURE_NAMES[first.keys[0]]} {first.direction} {first.threshold:.4g} -> malignant"
     lines = rules_lines(monitor.rules, key_names=tabular.FEATURE_NAMES, class_names=tabular.CLASS_NAMES)
-    assert lines[0].startswith("  malignant: ") and tabular.FEATURE_NAMES[monitor.rules[0][0][0]] in lines[0]
+    assert lines[0].startswith(f"  {first.text}  score ") and "precision" in lines[0]
     text_out = summarize(monitor, run.root_dir, key_names=tabular.FEATURE_NAMES, class_names=tabular.CLASS_NAMES)
-    assert "benign:" in text_out and f"tensorboard --logdir {run.root_dir}" in text_out
+    assert "-> benign" in text_out and f"tensorboard --logdir {run.root_dir}" in text_out
 
 
 def test_spurious_cue_is_planted_exactly_on_the_cue_classes() -> None:

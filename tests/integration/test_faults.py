@@ -282,8 +282,9 @@ class CountsPoints(Net):
                          [(None, 4, 2), (None, 6, 3), (None, 1, 1), (16, 4, 16)])
 def test_points_per_forward_default_to_half_the_training_batch_size(tmp_path, internal_batch_size, train_batch,
                                                                    expected):
-    monitor = IntegratedGradientsMonitor(probe=8, n_steps=8,
-                                         integration=dict(internal_batch_size=internal_batch_size))
+    # Rule tests off: the count is of the probe's path points (the rule tests' passes are counted below).
+    monitor = IntegratedGradientsMonitor(probe=8, n_steps=8, integration=dict(internal_batch_size=internal_batch_size),
+                                         rule_extraction=dict(test=False))
     model = CountsPoints()
     torch.manual_seed(0)
     data = dataset("tabular")
@@ -293,10 +294,27 @@ def test_points_per_forward_default_to_half_the_training_batch_size(tmp_path, in
 
 
 def test_points_per_forward_under_validate_default_to_half_the_validation_batch_size(tmp_path):
-    monitor = IntegratedGradientsMonitor(probe=8, n_steps=8)
+    monitor = IntegratedGradientsMonitor(probe=8, n_steps=8, rule_extraction=dict(test=False))
     model = CountsPoints()
     make_trainer(tmp_path, [monitor]).validate(model, DataLoader(dataset("tabular"), batch_size=6), verbose=False)
     assert max(model.sizes) == 3 and sum(model.sizes) == 8 * 8
+
+
+class CountsEveryForward(Net):
+    def __init__(self):
+        super().__init__("tabular")
+        self.sizes = []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[0])
+        return super().forward(x)
+
+
+def test_rule_tests_send_no_more_rows_through_a_forward_than_the_check(tmp_path):
+    monitor = IntegratedGradientsMonitor(probe=8, n_steps=8)
+    model = CountsEveryForward()
+    make_trainer(tmp_path, [monitor]).validate(model, DataLoader(dataset("tabular"), batch_size=6), verbose=False)
+    assert monitor.rules and max(model.sizes[1:]) <= 6  # the validation batches, then at most 3 rows a forward
 
 
 # --- divergence: NaN / inf in outputs, gradients, probe inputs ----------------------------------------------

@@ -61,7 +61,7 @@ def test_multi_label_explains_every_positive_pair(tmp_path):
         at_x = torch.sigmoid(model(x)).gather(1, pairs[:, 1:2]).flatten()
         at_baseline = torch.sigmoid(model(torch.zeros_like(x))).gather(1, pairs[:, 1:2]).flatten()
     assert torch.allclose(result.delta, at_x - at_baseline, atol=1e-5)
-    assert set(monitor.rules) == set(pairs[:, 1].tolist())  # rules per label
+    assert set(monitor.top_features) == set(pairs[:, 1].tolist())  # rules per label
     rules = [json.loads(line) for line in open(f"{logger.log_dir}/ig_rules.jsonl")]
     assert len(rules) == 2 and set(rules[-1]["rules"]) == {str(c) for c in pairs[:, 1].tolist()}
 
@@ -169,5 +169,5 @@ def test_a_conv_layer_is_a_map_over_the_image_and_completeness_stays_at_the_laye
     assert monitor.last_result.attributions.shape == (4, 4, 4, 4)  # the layer's own shape
     assert float(monitor.last_result.relative_error().max()) < 0.02
     assert monitor.stage(Pictures).scales.scales.shape == (4,)
-    assert all(k < 16 for r in monitor.rules.values() for k, _ in r)
+    assert all(k < 16 for r in monitor.top_features.values() for k, _ in r)
     assert "ig/deletion_ratio" in monitor.last_metrics  # a map cell is a block of pixels for the deletion check

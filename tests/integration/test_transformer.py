@@ -21,6 +21,7 @@ pytest.importorskip("transformers")
 from examples import transformer as T  # noqa: E402  (needs transformers)
 from examples.common import make_trainer, seed  # noqa: E402
 from ig_lightning import IntegratedGradientsMonitor  # noqa: E402
+from ig_lightning.monitor.rule_stage import RuleTests  # noqa: E402
 
 PROBE = 16  # the monitor's default probe size
 TRIGGER_IDS = {c: set(T.TOKENIZER.convert_tokens_to_ids(T.TRIGGERS[name])) for c, name in enumerate(T.CLASS_NAMES)}
@@ -141,14 +142,31 @@ def test_the_model_learns_the_triggers_and_the_probe_has_every_class_and_padding
     assert all(torch.equal(kwargs[key].cpu(), trained.probe[key]) for key in kwargs)
 
 
+def rule_test_rows(ids: torch.Tensor, mask: torch.Tensor, rule_ids: torch.Tensor, rule_mask: torch.Tensor) -> bool:
+    """Whether every row is a rule-set row, with its own attention mask, in which at most 3 tokens were changed (a
+    rule's n-gram removed or written in), or its baseline (every id the pad token, for the one-point attribution)."""
+    if len(ids) == 0 or ids.shape[1] != rule_ids.shape[1]:
+        return False
+    same_mask = (mask[:, None, :].long() == rule_mask[None].long()).all(-1)
+    close = ((ids[:, None, :] != rule_ids[None]).sum(-1) <= 3) | (ids == T.TOKENIZER.pad_token_id).all(-1, keepdim=True)
+    return bool((close & same_mask).any(1).all())
+
+
 def test_the_attention_mask_reaches_the_model_at_every_path_point(trained: Trained) -> None:
     probe_ids, probe_mask = trained.probe["input_ids"], trained.probe["attention_mask"]
+    rule_set = trained.monitor.stage(RuleTests).rule_set.inputs
+    rule_ids, rule_mask = rule_set["input_ids"], rule_set["attention_mask"]
     assert len({tuple(row) for row in probe_ids.tolist()}) == PROBE  # a row's ids name its example
     assert len(trained.recorder.checks) == trained.monitor.checks
     calls = trained.recorder.checks[-1]
     rows_per_example = torch.zeros(PROBE, dtype=torch.long)
     for ids, mask in calls:
         assert mask is not None, "the model was called without attention_mask"
+        probe_like = ids.shape[1] == probe_ids.shape[1] and bool(
+            ((ids[:, None, :] == probe_ids[None]) | (ids[:, None, :] == T.TOKENIZER.pad_token_id)).all(-1).any(1).all())
+        if not probe_like:  # the rule tests: rule-set rows with their own masks, at most 3 tokens changed
+            assert rule_test_rows(ids, mask, rule_ids, rule_mask), "a call's rows are neither the probe's nor the rule set's"
+            continue
         assert ids.shape == mask.shape and ids.shape[1] == probe_ids.shape[1]
         if (ids == T.TOKENIZER.pad_token_id).all():  # the baseline's ids, run for the baseline's embeddings
             n = len(ids)
@@ -179,7 +197,7 @@ def test_padding_gets_zero_attribution_and_is_not_a_rule(trained: Trained) -> No
     assert torch.equal(scores[~mask], torch.zeros_like(scores[~mask]))
     assert trained.monitor.last_result.attributions[~mask].abs().max() == 0
     assert (scores[mask] != 0).float().mean() > 0.9  # real tokens do carry attribution
-    keys = {key for rules in trained.monitor.rules.values() for key, _ in rules}
+    keys = {key for rules in trained.monitor.top_features.values() for key, _ in rules}
     assert T.TOKENIZER.pad_token_id not in keys
 
 
@@ -195,7 +213,7 @@ def test_token_tables_use_the_tokenizer_and_leave_out_padding(trained: Trained) 
 
 
 def test_the_rules_name_the_trigger_words(trained: Trained) -> None:
-    rules = trained.monitor.rules
+    rules = trained.monitor.top_features
     assert set(rules) == set(range(len(T.CLASS_NAMES)))
     for c, trigger in TRIGGER_IDS.items():
         top = [key for key, _ in rules[c][:3]]
@@ -267,3 +285,12 @@ def test_the_default_auto_is_accurate_where_a_fixed_rule_is_not(trained: Trained
     assert relative_completeness_error(fixed).max() > 10 * relative_completeness_error(monitor).max()
     # The same model and probe as in fit: the explained outputs agree.
     torch.testing.assert_close(monitor.last_result.delta, trained.monitor.last_result.delta, rtol=1e-4, atol=1e-4)
+
+
+def test_the_tested_rules_state_the_trigger_words_and_never_a_special_token(trained: Trained) -> None:
+    rules, special = trained.monitor.rules, set(T.TOKENIZER.all_special_ids)
+    for c, trigger in TRIGGER_IDS.items():
+        first = rules[c][:3]
+        assert any(trigger & set(r.keys) for r in first), [r.text for r in first]
+        assert all(r.text.endswith(f"-> {c}") for r in first)  # the fixture gives no class names
+    assert not any(special & set(r.keys) for rs in rules.values() for r in rs)  # [CLS], [SEP], [PAD] never

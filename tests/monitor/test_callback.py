@@ -376,7 +376,7 @@ def test_single_output_models_need_no_target(tmp_path):
     monitor = IntegratedGradientsMonitor(probe=4, n_steps=8)
     logger = TensorBoardLogger(tmp_path, name="tb")
     trainer(tmp_path, [monitor], logger=logger).validate(Score(), loaders()[1], verbose=False)
-    assert monitor.targets is None and monitor.rules == {}
+    assert monitor.targets is None and monitor.top_features == {} and monitor.rules == {}
     assert monitor.last_metrics["ig/completeness_error"] < 0.05
 
 

@@ -75,7 +75,8 @@ def test_keyword_batches_reach_the_model_with_their_mask_at_every_point(tmp_path
     torch.manual_seed(0)
     model = TokenModel()
     train, val = token_loaders()
-    monitor = IntegratedGradientsMonitor(probe=4, n_steps=8, layer="embedding")
+    # Rule tests off: they forward the rule set's rows, each with its own mask (tested in test_rule_stage.py).
+    monitor = IntegratedGradientsMonitor(probe=4, n_steps=8, layer="embedding", rule_extraction=dict(test=False))
     t = trainer(tmp_path, [monitor], max_epochs=1)
     t.fit(model, train, val)
     assert monitor.probe.inputs.names == ["input_ids", "attention_mask"]
@@ -86,7 +87,7 @@ def test_keyword_batches_reach_the_model_with_their_mask_at_every_point(tmp_path
     assert check_forwards and all(torch.equal(m, mask.repeat(len(m) // 4, 1)) for m in check_forwards)
     scores = monitor.last_result.attributions.sum(-1)
     assert bool((scores[mask == 0] == 0).all())  # padding (id 0 = the baseline token) gets nothing
-    for rules in monitor.rules.values():
+    for rules in monitor.top_features.values():
         assert all(token != 0 for token, _ in rules)
 
 

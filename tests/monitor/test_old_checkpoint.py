@@ -52,8 +52,8 @@ def test_an_old_state_loads_into_todays_monitor(saved):
     torch.testing.assert_close(monitor.stage(Drift).references.previous,
                                saved["previous_scores"].reshape(6, -1).float())
     assert torch.equal(monitor.stage(Pictures).scales.scales, saved["scales"])
-    assert monitor.rules == {int(c): [(int(k), float(v)) for k, v in r] for c, r in saved["rules"].items()}
-    assert sorted(monitor.rules) == [0, 1, 2, 3]
+    assert monitor.top_features == {int(c): [(int(k), float(v)) for k, v in r] for c, r in saved["rules"].items()}
+    assert sorted(monitor.top_features) == [0, 1, 2, 3]
     assert monitor.checks == 2
     assert monitor.policy.streak == 0 and monitor.policy.recent == []
 
@@ -116,7 +116,7 @@ def test_a_0_1_checkpoint_resumes_with_the_grouped_settings(tmp_path):
     assert torch.equal(monitor.probe.inputs.args[0], old["probe"]["inputs"]["args"][0])
     assert torch.equal(monitor.targets, old["targets"])
     torch.testing.assert_close(monitor.stage(Drift).references.first, old["first_scores"])
-    assert monitor.rules.keys() == {int(c) for c in old["rules"]}
+    assert monitor.top_features.keys() == {int(c) for c in old["rules"]}
     history = monitor.stage(Drift).history.values["drift_class_max"]
     assert history[:-1] == old["drift_history"]["drift_class_max"]  # the alarm keeps calibrating on the old run
     assert "ig/drift_ratio" in monitor.last_metrics  # three earlier values came from the checkpoint

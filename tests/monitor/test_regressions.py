@@ -84,7 +84,7 @@ def test_a_patch_layer_is_drawn_as_a_map_over_the_image(tmp_path):
         trainer(tmp_path, [monitor], logger=TensorBoardLogger(tmp_path)).fit(PatchModel(), *loaders())
     assert not [w for w in caught if "could not write" in str(w.message)]
     # issue 15: a patch layer's map is drawn over the input (it was one bar per patch); rules are map cells
-    assert monitor._kind == "image" and all(k < 4 for rules in monitor.rules.values() for k, _ in rules)
+    assert monitor._kind == "image" and all(k < 4 for rules in monitor.top_features.values() for k, _ in rules)
     assert tuple(monitor.last_result.attributions.shape[1:]) != (1, 8, 8)  # completeness stays over the layer
 
 
