@@ -162,6 +162,7 @@ class RuleTests(Stage):
             return None
         if self.pooled is None or self.pooled.shape[1:] != sample_units.shape[1:]:
             self.pooled = torch.full((n, *sample_units.shape[1:]), math.nan, dtype=torch.float64)
+        self.pooled = self.pooled.clone()  # a tensor made under trainer.validate's inference mode is read-only later
         self.pooled[window] = attribution_shares(sample_units)  # pooled with the last checks' windows
         seen = torch.isfinite(self.pooled.flatten(1)).all(1)
         targets = torch.cat([check.targets[finite], predictions[seen]])

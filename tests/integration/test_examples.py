@@ -45,8 +45,8 @@ def test_text_rules_name_the_trigger_words(tmp_path: Path) -> None:
         assert trigger in words[name][:2], words
     last = rules_file(run)[-1]
     assert {int(c) for c in last["rules"]} == set(range(len(text.CLASS_NAMES)))
-    who = [r for r in last["rules"]["1"] if r["text"] == '"who" -> person']
-    assert who and who[0]["precision"] > 0.9 and who[0]["coverage"] > 0.1  # a quarter of the questions
+    who = [r for r in last["rules"]["1"] if text.TOKEN_IDS["who"] in r["keys"]]
+    assert who and who[0]["precision"] > 0.9 and who[0]["text"].endswith("-> person")
     assert set(who[0]) >= {"keys", "text", "score", "coverage", "precision", "necessity", "sufficiency", "support"}
     assert text.token_name(last["top_features"]["1"][0][0]) == "who"
 
