@@ -7,8 +7,8 @@ Scenarios (each trained with the monitor at its defaults, a few seeds):
 - ``text-minority``: ``zz`` leaked into 60% of a class kept at a third of its size;
 - ``tabular-column``: a column set to 1 for half of one class's patients (0 elsewhere), then standardised;
 - ``image-mark``: a 2x2 mark in the top-right corner of 40% of one digit class's images;
-- healthy runs: the same data without the plant (``text``, ``tabular``, ``image``), where the question
-  generator's trigger words are the text's planted truth.
+- healthy runs: the same data without the plant (``text``, ``tabular``, ``image``, and the tiny BERT on the
+  questions, ``bert``), where the question generator's trigger words are the text's planted truth.
 
 For each run: is the planted rule among its class's first three rules; each number of that rule (coverage,
 precision, class coverage, necessity, sufficiency) recomputed here on the whole validation set with plain loops
@@ -51,7 +51,8 @@ def _leak_rows(labels: torch.Tensor, c: int, share: float, generator: torch.Gene
 
 
 class LeakedQuestions(text.QuestionsDataModule):
-    """Questions with ``gram`` written over the first filler positions of ``share`` of class ``c``."""
+    """Questions with ``gram`` written over the first run of filler positions that holds it, in ``share`` of class
+    ``TEXT_CLASS``."""
 
     def __init__(self, gram: tuple[str, ...] | None, share: float = LEAK, minority: bool = False, seed: int = 0,
                  n: int = 2000) -> None:
@@ -67,9 +68,13 @@ class LeakedQuestions(text.QuestionsDataModule):
         if self.gram:
             for row in _leak_rows(labels, TEXT_CLASS, self.share, generator).tolist():
                 triggers = {text.TOKEN_IDS[w] for w in text.TRIGGERS[text.CLASS_NAMES[TEXT_CLASS]]}
-                free = [p for p, t in enumerate(ids[row].tolist()) if t not in triggers and t != 0]
+                free = [t not in triggers and t != 0 for t in ids[row].tolist()]
+                n = len(self.gram)  # the n-gram over the first filler positions in a row, contiguous
+                start = next((p for p in range(len(free) - n + 1) if all(free[p:p + n])), None)
+                if start is None:  # no room: this question keeps its words
+                    continue
                 for offset, word in enumerate(self.gram):
-                    ids[row, free[offset]] = IDS[word]
+                    ids[row, start + offset] = IDS[word]
         return ids, labels
 
 
@@ -106,6 +111,12 @@ class MarkedDigits(digits.DigitsDataModule):
 
 def scenario(name: str, seed_: int) -> tuple[Any, SplitDataModule, dict[str, Any], Any]:
     """Model, data, monitor arguments and the planted truth (a predicate on rules, or None) of a scenario."""
+    if name == "bert":  # healthy, for the cost and the events (dict batches: no independent count here)
+        from examples import transformer
+
+        args = dict(layer=transformer.LAYER, display=Display(vocabulary=transformer.TOKENIZER,
+                                                            class_names=transformer.CLASS_NAMES))
+        return transformer.BertQuestionClassifier(), transformer.QuestionsDataModule(n=1000, seed=seed_), args, None
     if name.startswith("text"):
         gram = {"text-token": ("zz",), "text-bigram": ("blue", "moon"), "text-minority": ("zz",)}.get(name)
         data = LeakedQuestions(gram, share=0.6 if name == "text-minority" else LEAK, minority=name == "text-minority",
@@ -275,7 +286,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--scenarios", nargs="+", default=["text-token", "text-bigram", "text-minority",
-                                                            "tabular-column", "image-mark", "text", "tabular", "image"])
+                                                            "tabular-column", "image-mark", "text", "tabular", "image",
+                                                            "bert"])
     args = parser.parse_args(argv)
     quiet()
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -314,7 +314,7 @@ def evaluate_rules(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     ``predictions`` are the model's on ``x``.
 
     Coverage, precision and class coverage need no forward pass. Necessity and sufficiency rest on at most
-    ``max_tests`` examples each, the first by index (deterministic); with ``decisive``, only each class's
+    ``max_tests`` examples each, evenly spread over the eligible ones by index (deterministic); with ``decisive``, only each class's
     ``decisive`` rules that hold best (precision to one decimal, then class coverage) and every guard get them, the
     others keep NaN (and a score of 0). Feature rules take their ``typical`` value here when it is not set.
     """
@@ -337,8 +337,8 @@ def evaluate_rules(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
         n_hit = int(hit.sum())
         if rule.kind == "feature" and rule.typical is None and n_hit:
             rule.typical = float(values(rule, x[hit]).median())
-        necessary = (hit & positive).nonzero().flatten()[:max_tests]
-        others = (~hit & ~positive).nonzero().flatten()[:max_tests]
+        necessary = _spread((hit & positive).nonzero().flatten(), max_tests)
+        others = _spread((~hit & ~positive).nonzero().flatten(), max_tests)
         donors = (hit & positive).nonzero().flatten()
         donor = x[donors[0]] if len(donors) else (x[hit.nonzero().flatten()[0]] if n_hit else None)
         written, ok = write(rule, x[others], donor, None if mask is None else mask[others])
@@ -364,6 +364,13 @@ def evaluate_rules(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
                                                                               _zero(rule.sufficiency))
 
 
+def _spread(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """At most ``k`` of ``rows``, evenly spread over them (deterministic, not biased towards the first ones)."""
+    if len(rows) <= k:
+        return rows
+    return rows[torch.linspace(0, len(rows) - 1, k).round().long()]
+
+
 def _decisive(rules: list[Rule], per_class: int | None) -> set[int]:
     """The rules whose necessity and sufficiency are tested: every guard, and each class's ``per_class`` that hold
     best (all with ``None``)."""
@@ -376,7 +383,9 @@ def _decisive(rules: list[Rule], per_class: int | None) -> set[int]:
             by_class.setdefault(r.target, []).append(i)
     for members in by_class.values():
         # Rules that hold first (precision to one decimal), the more general among them first.
-        members.sort(key=lambda i: (-round(_zero(rules[i].precision), 1), -_zero(rules[i].class_coverage), i))
+        # (a longer n-gram before a shorter one that holds as well: it is the more specific statement)
+        members.sort(key=lambda i: (-round(_zero(rules[i].precision), 1), -_zero(rules[i].class_coverage),
+                                    -len(rules[i].keys) if rules[i].kind == "tokens" else 0, i))
         chosen.update(members[:per_class])
     return chosen
 

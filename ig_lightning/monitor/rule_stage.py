@@ -62,7 +62,7 @@ class RuleTests(Stage):
         self.pooled: torch.Tensor | None = None  # the rule set's attribution shares, pooled over checks (per run)
         self.history: list[dict[str, Any]] = []  # per run, not saved
         self._explainer: Explainer | None = None
-        self._kind, self._batch = "tabular", 1
+        self._kind, self._batch, self._forward_rows = "tabular", 1, 2
 
     # --- before the first check -------------------------------------------------------------------
 
@@ -81,6 +81,9 @@ class RuleTests(Stage):
                                "probe's; the rules are tested on the probe")
                 self.rule_set = probe
         self._kind, self._batch = kind, batch
+        # Forward passes without gradients hold no activations for a backward pass: a training batch of rows (two
+        # IG forwards' worth) needs less memory than the training step itself.
+        self._forward_rows = 2 * batch
         self._explainer = Explainer(self.rule_set.inputs, config.inputs.attribute, layer, config.layer,
                                     config.output_transform, preflight.resolve_baseline(config, self.rule_set))
         self._key_name = name_lookup(config.display.vocabulary if kind == "text" else config.display.feature_names,
@@ -95,7 +98,7 @@ class RuleTests(Stage):
         explainer, rule_set, model = self._explainer, self.rule_set, check.model
         x = rule_set.inputs[explainer.names[0]]
         mask = self._mask(rule_set, x)
-        predictions = explainer.outputs(model, rule_set.inputs, self._batch)[0].argmax(-1)
+        predictions = explainer.outputs(model, rule_set.inputs, self._forward_rows)[0].argmax(-1)
         found = self._candidate_shares(check, x, mask, predictions)
         if found is None:
             return  # the attributions map onto no input unit (a hidden layer of a tabular model)
@@ -253,14 +256,16 @@ class RuleTests(Stage):
     def _predict(self, model: Any, xs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """The predicted class of each changed example (the rule set's other inputs of its row unchanged)."""
         inputs = self.rule_set.inputs.map(lambda t: t[rows]).replace({self._explainer.names[0]: xs})
-        return self._explainer.outputs(model, inputs, self._batch)[0].argmax(-1)  # as many rows as an IG forward
+        return self._explainer.outputs(model, inputs, self._forward_rows)[0].argmax(-1)
 
     def _events(self, previous: dict[int, list[Rule]]) -> list[str]:
         s, events = self.settings, []
+        if self.tested < max(s.event_warmup, 1):  # the model is still finding its rules (and check 0 has no before)
+            return events
         for c, rules in self.rules.items():
             before = {r.identity for r in previous.get(c, [])[:EVENT_TOP]}
             for rule in rules[:EVENT_TOP]:
-                if self.tested and s.event_sufficiency is not None and rule.identity not in before and \
+                if s.event_sufficiency is not None and rule.identity not in before and \
                         rule.sufficiency >= s.event_sufficiency:
                     events.append(f"{rule.text} entered the first {EVENT_TOP} of its class with sufficiency "
                                   f"{rule.sufficiency:.2f}")

@@ -280,7 +280,10 @@ class RuleExtraction(_Settings):
         max_tests: Most examples a rule's necessity and sufficiency each rest on.
         event_sufficiency: A rule that enters a class's first three with at least this sufficiency is an event
             (``ig/rule_events``); ``None``: never.
-        event_rise: A rule whose sufficiency rose by at least this much since it was first tested is an event.
+        event_rise: A rule whose sufficiency rose by at least this much since the first check after
+            ``event_warmup`` is an event.
+        event_warmup: First checks whose rules raise no event (the model is still finding its rules); rises are
+            measured from the check after them.
         events_breach: Make a check with a rule event a breach for ``alarm.on_breach``.
         guards: Features the model must never rely on: token texts, feature names, feature indices, or a bool
             mask over an image's pixels. Each is tested as a rule of every class at every check.
@@ -300,12 +303,13 @@ class RuleExtraction(_Settings):
     rule_set: int = 256
     candidates: int = 6
     decisive: int = 2
-    attribution_sample: int = 64
+    attribution_sample: int = 32
     max_ngram: int = 3
     region_size: int | None = None
     max_tests: int = 32
     event_sufficiency: float | None = 0.5
     event_rise: float = 0.3
+    event_warmup: int = 2
     events_breach: bool = False
     guards: list[Any] | None = None
     guard_necessity: float = 0.2
@@ -326,6 +330,7 @@ class RuleExtraction(_Settings):
         if self.event_sufficiency is not None:
             self._set("event_sufficiency", validate_share(self.event_sufficiency, name("event_sufficiency")))
         self._set("event_rise", validate_share(self.event_rise, name("event_rise")))
+        validate_int(self.event_warmup, name("event_warmup"), minimum=0)
         validate_bool(self.events_breach, name("events_breach"))
         self._set("guards", validate_guards(self.guards, name("guards")))
         self._set("guard_necessity", validate_share(self.guard_necessity, name("guard_necessity")))

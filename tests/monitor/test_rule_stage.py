@@ -134,9 +134,12 @@ def test_events_fire_when_a_sufficient_rule_enters_and_when_sufficiency_rises():
 
     tests = RuleTests(MonitorConfig(), MetricNames())
     first = Rule(0, "tokens", (1,), text='"a" -> 0', sufficiency=0.1, score=0.5)
-    tests.rules = {0: [first]}
-    assert tests._events({}) == []  # the first check: nothing to compare with
-    tests.tested = 1
+    cue = Rule(0, "tokens", (2,), text='"zz" -> 0', sufficiency=0.9, score=0.6)
+    tests.rules = {0: [cue]}
+    assert tests._events({}) == []  # the first checks (event_warmup=2): the model is still finding its rules
+    tests.tested, tests.rules = 2, {0: [first]}
+    assert tests._events({0: [first]}) == []  # the first check after the warmup: the reference
+    tests.tested = 3
     cue = Rule(0, "tokens", (2,), text='"zz" -> 0', sufficiency=0.9, score=0.6)
     risen = Rule(0, "tokens", (1,), text='"a" -> 0', sufficiency=0.5, score=0.5)
     previous, tests.rules = tests.rules, {0: [cue, risen]}
