@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 #: Thresholds tried when a feature's or region's threshold is read from the data.
 MAX_THRESHOLDS = 64
@@ -179,25 +180,31 @@ def region_candidates(shares: torch.Tensor, targets: torch.Tensor, size: int,
                       k: int = 8) -> dict[int, list[tuple[tuple[int, ...], float]]]:
     """Per class, up to ``k`` non-overlapping ``size x size`` windows of the class's mean share map ``(H, W)`` (the
     shares summed over channels first) with the largest ``|sum|``, as flat pixel indices ``row * W + col``."""
-    maps = shares if shares.ndim == 3 else shares.sum(1)  # (B, H, W)
+    maps = (shares if shares.ndim == 3 else shares.sum(1)).double()  # (B, H, W)
     height, width = maps.shape[1:]
     size = max(1, min(size, height, width))
     stride = max(1, size // 2)
-    starts = [(r, q) for r in _starts(height, size, stride) for q in _starts(width, size, stride)]
+    rows = torch.tensor(_starts(height, size, stride)).repeat_interleave(len(_starts(width, size, stride)))
+    cols = torch.tensor(_starts(width, size, stride)).repeat(len(_starts(height, size, stride)))
+    classes = sorted(set(targets.tolist()))
+    means = torch.stack([maps[targets == c].mean(0) for c in classes])  # (classes, H, W)
+    total = F.pad(means.cumsum(1).cumsum(2), (1, 0, 1, 0))  # integral images: every window's sum at once
+    sums = (total[:, rows + size, cols + size] - total[:, rows, cols + size] - total[:, rows + size, cols]
+            + total[:, rows, cols]).tolist()
+    starts = list(zip(rows.tolist(), cols.tolist()))
     out = {}
-    for c in sorted(set(targets.tolist())):
-        mean = maps[targets == c].mean(0)
-        sums = [(float(mean[r:r + size, q:q + size].sum()), r, q) for r, q in starts]
-        sums.sort(key=lambda s: (-abs(s[0]), s[1], s[2]))
+    for c, class_sums in zip(classes, sums):
+        order = sorted(range(len(starts)), key=lambda i: (-abs(class_sums[i]), starts[i]))
         taken: list[tuple[tuple[int, ...], float]] = []
-        used = torch.zeros(height, width, dtype=torch.bool)
-        for value, r, q in sums:
-            if len(taken) == k or value == 0:
+        used: set[int] = set()
+        for i in order:
+            if len(taken) == k or class_sums[i] == 0:
                 break
-            if used[r:r + size, q:q + size].any():
-                continue
-            used[r:r + size, q:q + size] = True
-            taken.append((tuple(rr * width + qq for rr in range(r, r + size) for qq in range(q, q + size)), value))
+            r, q = starts[i]
+            pixels = tuple(rr * width + qq for rr in range(r, r + size) for qq in range(q, q + size))
+            if used.isdisjoint(pixels):
+                used.update(pixels)
+                taken.append((pixels, class_sums[i]))
         out[c] = taken
     return out
 
@@ -220,25 +227,36 @@ def values(rule: Rule, x: torch.Tensor) -> torch.Tensor:
 
 
 def fit_condition(value: torch.Tensor, positive: torch.Tensor, share: float) -> tuple[str, float]:
-    """The direction and threshold of a feature or region rule, read from the data: the direction in which the
-    examples predicted as the class lie (by their mean, else the attribution's sign), and the threshold among the
-    midpoints of the values that best separates them (F1 of "applies" against "predicted as the class")."""
-    value = value.double()
-    if bool(positive.any()) and bool((~positive).any()):
-        above = float(value[positive].mean()) >= float(value[~positive].mean())
-    else:
-        above = share >= 0
-    direction = ">" if above else "<"
-    unique = torch.unique(value)
-    if len(unique) < 2:
-        return direction, float(unique[0]) - (1 if above else -1) * 0.5
-    mids = (unique[1:] + unique[:-1]) / 2
-    if len(mids) > MAX_THRESHOLDS:
-        mids = torch.quantile(mids, torch.linspace(0, 1, MAX_THRESHOLDS, dtype=mids.dtype))
-    applies = (value.view(1, -1) > mids.view(-1, 1)) if above else (value.view(1, -1) < mids.view(-1, 1))
-    hits = (applies & positive.view(1, -1)).sum(1).double()
-    f1 = 2 * hits / (applies.sum(1).double() + float(positive.sum())).clamp_min(1)
-    return direction, float(mids[int(torch.argmax(f1))])
+    """The direction and threshold of a feature or region rule, read from the data (``fit_conditions`` for one)."""
+    (direction,), (threshold,) = fit_conditions(value.view(-1, 1), positive.view(-1, 1), torch.tensor([share]))
+    return direction, threshold
+
+
+def fit_conditions(value: torch.Tensor, positive: torch.Tensor, share: torch.Tensor) -> tuple[list[str], list[float]]:
+    """Directions and thresholds of ``R`` feature or region rules at once, from their values ``(N, R)`` on the rule
+    set and ``(N, R)`` whether each example is predicted as the rule's class: the direction in which those examples
+    lie (by their mean, else the attribution share's sign), and the threshold among the midpoints between
+    neighbouring values (at most ``MAX_THRESHOLDS``, spread over them) that best separates them (F1 of "applies"
+    against "predicted as the class")."""
+    value, positive = value.double(), positive.bool()
+    n_pos = positive.sum(0)
+    mean_pos = (value * positive).sum(0) / n_pos.clamp_min(1)
+    mean_neg = (value * ~positive).sum(0) / (len(value) - n_pos).clamp_min(1)
+    both = (n_pos > 0) & (n_pos < len(value))
+    above = torch.where(both, mean_pos >= mean_neg, share.double() >= 0)
+    ordered = value.sort(0).values
+    if len(value) < 2:
+        return [">" if a else "<" for a in above.tolist()], (value[0] - torch.where(above, 0.5, -0.5)).tolist()
+    at = torch.linspace(0, len(value) - 2, min(len(value) - 1, MAX_THRESHOLDS)).round().long()
+    mids = (ordered[at] + ordered[at + 1]) / 2  # (T, R)
+    applies = torch.where(above.view(1, 1, -1), value.unsqueeze(0) > mids.unsqueeze(1),
+                          value.unsqueeze(0) < mids.unsqueeze(1))  # (T, N, R)
+    hits = (applies & positive.unsqueeze(0)).sum(1).double()
+    f1 = 2 * hits / (applies.sum(1).double() + n_pos.double()).clamp_min(1)
+    flat = ordered[0] == ordered[-1]  # one value only: a threshold half a unit below (or above) it
+    best = mids.gather(0, f1.argmax(0, keepdim=True))[0]
+    thresholds = torch.where(flat, ordered[0] - torch.where(above, 0.5, -0.5), best)
+    return [">" if a else "<" for a in above.tolist()], thresholds.tolist()
 
 
 def ngram_positions(ids: torch.Tensor, mask: torch.Tensor, gram: Sequence[int]) -> torch.Tensor:

@@ -32,7 +32,7 @@ from ig_lightning.functional.rule_tests import (
     attribution_shares,
     evaluate_rules,
     feature_candidates,
-    fit_condition,
+    fit_conditions,
     rank,
     region_candidates,
     token_candidates,
@@ -208,24 +208,28 @@ class RuleTests(Stage):
             found = {c: [((k,), v) for k, v in kv] for c, kv in feature_candidates(shares, targets,
                                                                                    s.candidates).items()}
             kind = "feature"
-        rules = []
-        for c, items in found.items():
-            for keys, share in items:
-                rule = Rule(c, kind, tuple(keys), share)
-                rule.direction, rule.threshold = fit_condition(values(rule, x), predictions == c, share)
-                rules.append(rule)
+        rules = [Rule(c, kind, tuple(keys), share) for c, items in found.items() for keys, share in items]
+        self._fit(rules, x, predictions)
         return rules
+
+    @staticmethod
+    def _fit(rules: list[Rule], x: torch.Tensor, predictions: torch.Tensor) -> None:
+        """Every feature or region rule's direction and threshold, read from the rule set in one batch."""
+        if not rules:
+            return
+        value = torch.stack([values(r, x) for r in rules], 1)
+        positive = torch.stack([predictions == r.target for r in rules], 1)
+        directions, thresholds = fit_conditions(value, positive, torch.tensor([r.share for r in rules]))
+        for rule, direction, threshold in zip(rules, directions, thresholds):
+            rule.direction, rule.threshold = direction, threshold
 
     def _guards(self, x: torch.Tensor, predictions: torch.Tensor) -> list[Rule]:
         """Every guarded feature as a rule of every class the model predicts on the rule set."""
         out = []
         for guard in self.settings.guards or []:
             keys, kind = self._guard_keys(guard, x)
-            for c in sorted(set(predictions.tolist())):
-                rule = Rule(c, kind, keys, guard=True)
-                if kind != "tokens":
-                    rule.direction, rule.threshold = fit_condition(values(rule, x), predictions == c, 1.0)
-                out.append(rule)
+            out += [Rule(c, kind, keys, share=1.0, guard=True) for c in sorted(set(predictions.tolist()))]
+        self._fit([r for r in out if r.kind != "tokens"], x, predictions)
         return out
 
     def _guard_keys(self, guard: Any, x: torch.Tensor) -> tuple[tuple[int, ...], str]:
