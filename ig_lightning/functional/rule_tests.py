@@ -332,9 +332,10 @@ def evaluate_rules(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     ``predictions`` are the model's on ``x``.
 
     Coverage, precision and class coverage need no forward pass. Necessity and sufficiency rest on at most
-    ``max_tests`` examples each, evenly spread over the eligible ones by index (deterministic); with ``decisive``, only each class's
-    ``decisive`` rules that hold best (precision to one decimal, then class coverage) and every guard get them, the
-    others keep NaN (and a score of 0). Feature rules take their ``typical`` value here when it is not set.
+    ``max_tests`` examples each, evenly spread over the eligible ones by index (deterministic); with ``decisive``,
+    only each class's ``decisive`` rules that hold best (precision to one decimal, then class coverage) and every
+    guard get them, the others keep NaN (and a score of 0). Feature rules take their ``typical`` value here when it
+    is not set.
     """
     hits = [applies(rule, x, mask) for rule in rules]
     for rule, hit in zip(rules, hits):

@@ -165,7 +165,7 @@ def test_the_attention_mask_reaches_the_model_at_every_path_point(trained: Train
         probe_like = ids.shape[1] == probe_ids.shape[1] and bool(
             ((ids[:, None, :] == probe_ids[None]) | (ids[:, None, :] == T.TOKENIZER.pad_token_id)).all(-1).any(1).all())
         if not probe_like:  # the rule tests: rule-set rows with their own masks, at most 3 tokens changed
-            assert rule_test_rows(ids, mask, rule_ids, rule_mask), "a call's rows are neither the probe's nor the rule set's"
+            assert rule_test_rows(ids, mask, rule_ids, rule_mask), "rows that are neither the probe's nor the rule set's"
             continue
         assert ids.shape == mask.shape and ids.shape[1] == probe_ids.shape[1]
         if (ids == T.TOKENIZER.pad_token_id).all():  # the baseline's ids, run for the baseline's embeddings
