@@ -27,13 +27,15 @@ hold when present, speak for much of the class, and decide the prediction, wheth
 enough on its own (a shortcut). Among a class's rules, an n-gram that overlaps a better-ranked one is left out
 (``"how many"`` makes ``"how"`` and ``"a how many"`` redundant).
 
+Candidates come from ``ig_lightning.functional.rule_candidates``.
+
 Example::
 
     >>> import torch
-    >>> ids = torch.tensor([[1, 2, 0], [3, 2, 0], [1, 2, 5]])
-    >>> shares = torch.tensor([[0.6, 0.3, 0.0], [0.1, 0.8, 0.0], [0.5, 0.4, 0.1]])
-    >>> token_candidates(ids, shares, torch.tensor([0, 1, 0]), ids != 0, k=2)[0]
-    [((1, 2), 0.9), ((1,), 0.55)]
+    >>> rule = Rule(1, "tokens", (5, 6))
+    >>> ids = torch.tensor([[5, 6, 1], [1, 2, 3]])
+    >>> applies(rule, ids).tolist(), remove(rule, ids, 0)[0].tolist()
+    ([True, False], [0, 0, 1])
 """
 
 from __future__ import annotations
@@ -44,7 +46,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 #: Thresholds tried when a feature's or region's threshold is read from the data.
 MAX_THRESHOLDS = 64
@@ -131,87 +132,6 @@ class Rule:
                    str(d.get("text", "")), num(d.get("score")), num(d.get("coverage")), num(d.get("precision")),
                    num(d.get("class_coverage")), num(d.get("necessity")), num(d.get("sufficiency")),
                    dict(d.get("support", {})), bool(d.get("guard", False)))
-
-
-def attribution_shares(scores: torch.Tensor) -> torch.Tensor:
-    """Each example's attributions over its total ``|attribution|`` (rows of zeros stay zero; NaN rows become 0)."""
-    flat = scores.flatten(1).double()
-    flat = torch.where(torch.isfinite(flat), flat, torch.zeros_like(flat))
-    total = flat.abs().sum(1, keepdim=True).clamp_min(1e-30)
-    return (flat / total).reshape(scores.shape)
-
-
-def token_candidates(ids: torch.Tensor, shares: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-                     max_n: int = 3, k: int = 8) -> dict[int, list[tuple[tuple[int, ...], float]]]:
-    """Per class, the ``k`` n-grams (1 to ``max_n`` real tokens in a row) with the largest mean share over the
-    class's examples (an n-gram absent from an example adds 0 for it); only n-grams with a positive share."""
-    out = {}
-    for c in sorted(set(targets.tolist())):
-        rows = (targets == c).nonzero().flatten().tolist()
-        totals: dict[tuple[int, ...], float] = {}
-        for i in rows:
-            seen: dict[tuple[int, ...], float] = {}
-            real = mask[i].tolist()
-            row_ids, row_shares = ids[i].tolist(), shares[i].tolist()
-            for n in range(1, max_n + 1):
-                for p in range(len(row_ids) - n + 1):
-                    if all(real[p:p + n]):
-                        gram = tuple(row_ids[p:p + n])
-                        seen[gram] = max(seen.get(gram, -math.inf), sum(row_shares[p:p + n]))
-            for gram, value in seen.items():
-                totals[gram] = totals.get(gram, 0.0) + value
-        ranked = sorted(((g, v / len(rows)) for g, v in totals.items() if v > 0), key=lambda gv: (-gv[1], gv[0]))
-        out[c] = [(g, round(v, 6)) for g, v in ranked[:k]]
-    return out
-
-
-def feature_candidates(shares: torch.Tensor, targets: torch.Tensor, k: int = 8) -> dict[int, list[tuple[int, float]]]:
-    """Per class, the ``k`` features with the largest mean absolute share, and that mean (signed)."""
-    flat = shares.flatten(1)
-    out = {}
-    for c in sorted(set(targets.tolist())):
-        mean = flat[targets == c].mean(0)
-        order = torch.argsort(mean.abs(), descending=True, stable=True)[:k]
-        out[c] = [(int(i), float(mean[i])) for i in order if float(mean[i].abs()) > 0]
-    return out
-
-
-def region_candidates(shares: torch.Tensor, targets: torch.Tensor, size: int,
-                      k: int = 8) -> dict[int, list[tuple[tuple[int, ...], float]]]:
-    """Per class, up to ``k`` non-overlapping ``size x size`` windows of the class's mean share map ``(H, W)`` (the
-    shares summed over channels first) with the largest ``|sum|``, as flat pixel indices ``row * W + col``."""
-    maps = (shares if shares.ndim == 3 else shares.sum(1)).double()  # (B, H, W)
-    height, width = maps.shape[1:]
-    size = max(1, min(size, height, width))
-    stride = max(1, size // 2)
-    rows = torch.tensor(_starts(height, size, stride)).repeat_interleave(len(_starts(width, size, stride)))
-    cols = torch.tensor(_starts(width, size, stride)).repeat(len(_starts(height, size, stride)))
-    classes = sorted(set(targets.tolist()))
-    means = torch.stack([maps[targets == c].mean(0) for c in classes])  # (classes, H, W)
-    total = F.pad(means.cumsum(1).cumsum(2), (1, 0, 1, 0))  # integral images: every window's sum at once
-    sums = (total[:, rows + size, cols + size] - total[:, rows, cols + size] - total[:, rows + size, cols]
-            + total[:, rows, cols]).tolist()
-    starts = list(zip(rows.tolist(), cols.tolist()))
-    out = {}
-    for c, class_sums in zip(classes, sums):
-        order = sorted(range(len(starts)), key=lambda i: (-abs(class_sums[i]), starts[i]))
-        taken: list[tuple[tuple[int, ...], float]] = []
-        used: set[int] = set()
-        for i in order:
-            if len(taken) == k or class_sums[i] == 0:
-                break
-            r, q = starts[i]
-            pixels = tuple(rr * width + qq for rr in range(r, r + size) for qq in range(q, q + size))
-            if used.isdisjoint(pixels):
-                used.update(pixels)
-                taken.append((pixels, class_sums[i]))
-        out[c] = taken
-    return out
-
-
-def _starts(length: int, size: int, stride: int) -> list[int]:
-    starts = list(range(0, length - size + 1, stride))
-    return starts if starts[-1] == length - size else [*starts, length - size]
 
 
 def units(x: torch.Tensor, kind: str) -> torch.Tensor:

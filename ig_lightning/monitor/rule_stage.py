@@ -27,17 +27,13 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 
 from ig_lightning.functional._inputs import make_baselines
-from ig_lightning.functional.rule_tests import (
-    Rule,
+from ig_lightning.functional.rule_candidates import (
     attribution_shares,
-    evaluate_rules,
     feature_candidates,
-    fit_conditions,
-    rank,
     region_candidates,
     token_candidates,
-    values,
 )
+from ig_lightning.functional.rule_tests import Rule, evaluate_rules, fit_conditions, rank, values
 from ig_lightning.monitor._isolation import eval_mode
 from ig_lightning.monitor.config import MetricNames, MonitorConfig
 from ig_lightning.monitor.explainer import Explainer

@@ -1,17 +1,9 @@
 """The monitor's settings, one small frozen object per concern, each validated on its own.
 
 ``IntegratedGradientsMonitor`` keeps at its top level what most users set (the probe, the target, the baseline,
-the layer, the steps, how often, the name); every other concern has one settings object here, passed as an
-instance or as a plain dict (a LightningCLI YAML mapping):
-
-- ``Inputs``: which inputs are attributed, how a batch is unpacked, how the probe is taken;
-- ``Integration``: the quadrature and its accuracy, memory and precision;
-- ``Alarm``: the drift measure, the thresholds and what a breach does;
-- ``RuleExtraction``: the per-class rules;
-- ``Faithfulness``: the deletion check;
-- ``Display``: pictures and the names of features, tokens and classes.
-
-A bad field is refused when the object is built, naming its full path (``alarm.factor``).
+the layer, the steps, how often, the name); every other concern has one settings object here (``GROUPS``: inputs,
+integration, alarm, rule extraction, faithfulness, display), passed as an instance or as a plain dict (a
+LightningCLI YAML mapping). A bad field is refused when the object is built, naming its full path (``alarm.factor``).
 
 Example::
 
@@ -34,7 +26,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, TypeVar
 
-import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ig_lightning._validation import (
@@ -47,7 +38,14 @@ from ig_lightning._validation import (
 )
 from ig_lightning.functional.drift import DRIFT_METRICS
 from ig_lightning.functional.quadrature import validate_method, validate_n_steps
-from ig_lightning.monitor.probe import PROBE_SELECTIONS, Name, default_unpack
+from ig_lightning.monitor._validators import (
+    validate_attribute,
+    validate_guards,
+    validate_region,
+    validate_share,
+    validate_vocabulary,
+)
+from ig_lightning.monitor.probe import PROBE_SELECTIONS, default_unpack
 from ig_lightning.output.markdown import Names
 from ig_lightning.output.views import VIEW_KINDS
 
@@ -211,7 +209,7 @@ class Alarm(_Settings):
         validate_int(self.top_k, name("top_k"), minimum=1)
         for field in ("completeness_threshold", "attribution_error_threshold", "region_threshold"):
             self._set(field, validate_optional_threshold(getattr(self, field), name(field)))
-        self.__validate_region()
+        self._set("region", validate_region(self.region, self.region_threshold, self.path))
         validate_int(self.warmup, name("warmup"), minimum=0)
         validate_int(self.patience, name("patience"), minimum=1)
         if self.patience_window is not None:
@@ -226,19 +224,6 @@ class Alarm(_Settings):
                            "row, but drift against the previous check shows a sudden change of reasons at one check "
                            f"only: such a change is never acted on. Use patience=1, or {name('patience_window')} "
                            f"(e.g. {2 * self.patience + 1}) to count breaches over a window")
-
-    def __validate_region(self) -> None:
-        region = self.region
-        if isinstance(region, list):  # from a config file: nested lists of booleans
-            region = torch.tensor(region)
-            self._set("region", region)
-        if region is not None and (not isinstance(region, torch.Tensor) or region.dtype != torch.bool):
-            raise TypeError(f"`{self._name('region')}` must be a bool Tensor mask over one example's features, got "
-                            f"{region!r}")
-        if region is not None and not bool(region.any()):
-            raise ValueError(f"`{self._name('region')}` must select at least one feature, got an all-False mask")
-        if self.region_threshold is not None and region is None:
-            raise ValueError(f"`{self._name('region_threshold')}` needs a `{self._name('region')}` mask")
 
     @property
     def auto(self) -> bool:
@@ -411,55 +396,3 @@ def as_settings(value: Any, cls: type[S], name: str) -> S:
                             f"{known}")
         return cls(**value)
     raise TypeError(f"`{name}` must be {cls.__name__}(...) or a dict of its settings, got {type(value).__name__}")
-
-
-def validate_vocabulary(value: Any, name: str = "vocabulary") -> Names:
-    """``None``, a callable, a tokenizer (``convert_ids_to_tokens``) or a list of token names."""
-    if value is None or callable(value) or callable(getattr(value, "convert_ids_to_tokens", None)):
-        return value
-    return validate_names(value, name)
-
-
-def validate_attribute(value: Any, name: str = "attribute") -> list[Name] | None:
-    """``None``, an input name or position, or a list of distinct ones."""
-    if value is None:
-        return None
-    items = [value] if isinstance(value, (str, int)) else value
-    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or not items:
-        raise TypeError(f"`{name}` must be an input name, a position, or a non-empty list of them, got {value!r}")
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, (str, int)):
-            raise TypeError(f"`{name}` entries must be input names (str) or positions (int), got {item!r}")
-    if len(set(items)) != len(items):
-        raise ValueError(f"`{name}` names an input twice: {value!r}")
-    return list(items)
-
-
-def validate_share(value: Any, name: str) -> float:
-    """A number in [0, 1]."""
-    value = validate_positive_float(value, name, allow_zero=True)
-    if value > 1:
-        raise ValueError(f"`{name}` must be a share in [0, 1], got {value!r}")
-    return value
-
-
-def validate_guards(value: Any, name: str) -> list[Any] | None:
-    """``None`` or a non-empty list of token texts / feature names (str), feature indices (int) or bool masks."""
-    if value is None:
-        return None
-    if isinstance(value, (str, bytes, torch.Tensor)) or not isinstance(value, Sequence) or not value:
-        raise TypeError(f"`{name}` must be a non-empty list of token texts, feature names, feature indices or bool "
-                        f"masks, got {value!r:.80}")
-    out = []
-    for item in value:
-        if isinstance(item, list):  # a mask from a config file: nested lists of booleans
-            item = torch.tensor(item)
-        if isinstance(item, torch.Tensor):
-            if item.dtype != torch.bool or not bool(item.any()):
-                raise ValueError(f"`{name}` masks must be bool Tensors selecting at least one pixel, got {item!r:.80}")
-        elif isinstance(item, bool) or not isinstance(item, (str, int)):
-            raise TypeError(f"`{name}` entries must be str, int or a bool mask, got {item!r:.80}")
-        elif isinstance(item, int) and item < 0:
-            raise ValueError(f"`{name}` feature indices must be >= 0, got {item}")
-        out.append(item)
-    return out

@@ -5,20 +5,13 @@ import math
 import pytest
 import torch
 
-from ig_lightning.functional.rule_tests import (
-    Rule,
-    applies,
+from ig_lightning.functional.rule_candidates import (
     attribution_shares,
-    evaluate_rules,
     feature_candidates,
-    fit_condition,
-    rank,
     region_candidates,
-    remove,
     token_candidates,
-    values,
-    write,
 )
+from ig_lightning.functional.rule_tests import Rule, applies, evaluate_rules, fit_condition, rank, remove, values, write
 
 NAN = float("nan")
 
