@@ -21,7 +21,8 @@ def main(mode: str, out: str) -> None:
         t.validate(model, val, verbose=False)
         r = monitor.last_result
         torch.save({"attributions": r.attributions, "delta": r.delta, "targets": monitor.targets,
-                    "probe": monitor.probe_inputs, "metrics": monitor.last_metrics},
+                    "probe": monitor.probe_inputs, "metrics": monitor.last_metrics,
+                    "rules": {c: [rule.to_dict() for rule in rs] for c, rs in monitor.rules.items()}},
                    f"{out}/rank{t.global_rank}.pt")
     elif mode == "tokens":  # keyword inputs: ids and the mask are sharded with the probe
         torch.manual_seed(0)

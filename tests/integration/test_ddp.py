@@ -36,7 +36,11 @@ def test_gathered_attributions_equal_a_single_process_run(tmp_path):
         assert torch.equal(got["targets"], single.targets)
         torch.testing.assert_close(got["attributions"], single.last_result.attributions, rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(got["delta"], single.last_result.delta, rtol=1e-5, atol=1e-7)
-    assert ranks[0]["metrics"] == ranks[1]["metrics"]
+        # The rule tests: the same rule set on every rank, the same statements and numbers as one process.
+        numbers = ("text", "coverage", "precision", "class_coverage", "necessity", "sufficiency", "support")
+        assert {c: [{k: r[k] for k in numbers} for r in rs] for c, rs in got["rules"].items()} == \
+            {c: [{k: r[k] for k in numbers} for r in (x.to_dict() for x in rs)] for c, rs in single.rules.items()}
+    assert ranks[0]["metrics"] == ranks[1]["metrics"] and ranks[0]["rules"] == ranks[1]["rules"]
 
 
 def test_raise_happens_on_every_rank_without_deadlock(tmp_path):
