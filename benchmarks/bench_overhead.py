@@ -27,6 +27,7 @@ VARIANTS: dict[str, dict | None] = {  # name: monitor arguments (None = no monit
     "defaults, every_n_epochs=2": {"every_n_epochs": 2},
     "defaults, n_steps=32 (fixed rule)": {"n_steps": 32},
     "defaults, faithfulness.deletion=False": {"faithfulness": {"deletion": False}},
+    "defaults, rule_extraction.test=False": {"rule_extraction": {"test": False}},
     "defaults, integration.warm_start=True": {"integration": {"warm_start": True}},
     "defaults, whole training batch per forward": {"integration": {"internal_batch_size": 64}},
 }
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     plain = medians["without monitor"]
     defaults = IntegratedGradientsMonitor()
     print(f"digits CNN, {args.epochs} epochs on CPU ({args.threads} threads), median of {args.repeats} runs each; "
-          f"monitor defaults: probe {defaults.probe_size}, {defaults.n_steps} steps, {defaults.method}")
+          f"monitor defaults: probe {defaults.probe_size}, {defaults.n_steps} steps, {defaults.integration.method}")
     for name, seconds in medians.items():
         print(f"  {name:<30} {seconds:7.2f} s   {seconds / plain:6.3f}x")
     print("  (target for the defaults: < 1.15x)")
