@@ -10,7 +10,7 @@ Example::
     >>> ids = torch.tensor([[1, 2, 0], [3, 2, 0], [1, 2, 5]])
     >>> shares = torch.tensor([[0.6, 0.3, 0.0], [0.1, 0.8, 0.0], [0.5, 0.4, 0.1]])
     >>> token_candidates(ids, shares, torch.tensor([0, 1, 0]), ids != 0, k=2)[0]
-    [((1, 2), 0.9), ((1,), 0.55)]
+    [((1, 2), 0.9), ((2, 5), 0.25)]
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def attribution_shares(scores: torch.Tensor) -> torch.Tensor:
 def token_candidates(ids: torch.Tensor, shares: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
                      max_n: int = 3, k: int = 8) -> dict[int, list[tuple[tuple[int, ...], float]]]:
     """Per class, the ``k`` n-grams (1 to ``max_n`` real tokens in a row) with the largest mean share over the
-    class's examples (an n-gram absent from an example adds 0 for it); only n-grams with a positive share."""
+    class's examples (an n-gram absent from an example adds 0 for it), leaving out an n-gram inside or around a better
+    one (``"a how many"`` after ``"how many"``), so that other words get their turn; only positive shares."""
     out = {}
     for c in sorted(set(targets.tolist())):
         rows = (targets == c).nonzero().flatten().tolist()
@@ -49,8 +50,18 @@ def token_candidates(ids: torch.Tensor, shares: torch.Tensor, targets: torch.Ten
             for gram, value in seen.items():
                 totals[gram] = totals.get(gram, 0.0) + value
         ranked = sorted(((g, v / len(rows)) for g, v in totals.items() if v > 0), key=lambda gv: (-gv[1], gv[0]))
-        out[c] = [(g, round(v, 6)) for g, v in ranked[:k]]
+        chosen: list[tuple[tuple[int, ...], float]] = []
+        for gram, value in ranked:  # an n-gram overlapping a better one says little more: room for other words
+            if len(chosen) == k:
+                break
+            if not any(_inside(gram, g) or _inside(g, gram) for g, _ in chosen):
+                chosen.append((gram, round(value, 6)))
+        out[c] = chosen
     return out
+
+
+def _inside(small: tuple[int, ...], big: tuple[int, ...]) -> bool:
+    return any(big[p:p + len(small)] == small for p in range(len(big) - len(small) + 1))
 
 
 def feature_candidates(shares: torch.Tensor, targets: torch.Tensor, k: int = 8) -> dict[int, list[tuple[int, float]]]:

@@ -150,8 +150,9 @@ def test_token_candidates_skip_padding_and_rank_by_mean_share():
     ids = torch.tensor([[7, 8, 0], [7, 9, 0], [3, 3, 3]])
     shares = torch.tensor([[0.5, 0.5, 9.0], [0.9, 0.1, 9.0], [0.3, 0.3, 0.4]])
     found = token_candidates(ids, shares, torch.tensor([0, 0, 1]), ids != 0, max_n=2, k=3)
-    # class 0: (7,) = (0.5 + 0.9) / 2 = 0.7; (7, 8) = 1.0 / 2; (7, 9) = 1.0 / 2; the padding's 9.0 never counts
-    assert found[0] == [((7,), 0.7), ((7, 8), 0.5), ((7, 9), 0.5)]
+    # class 0: (7,) = (0.5 + 0.9) / 2 = 0.7; (7, 8) and (7, 9) = 1.0 / 2 hold (7,): left out; (8,) = 0.25, (9,) = 0.05;
+    # the padding's 9.0 never counts
+    assert found[0] == [((7,), 0.7), ((8,), 0.25), ((9,), 0.05)]
     assert found[1][0] == ((3, 3), 0.7)  # the best occurrence of a repeated n-gram in an example
 
 
