@@ -54,6 +54,7 @@ class RuleTests(Stage):
         self.rules: dict[int, list[Rule]] = {}
         self.first_sufficiency: dict[str, float] = {}
         self.risen: set[str] = set()
+        self.seen: set[str] = set()  # "class:key" of every rule listed so far (events are about new evidence)
         self.tested = 0
         self.pooled: torch.Tensor | None = None  # the rule set's attribution shares, pooled over checks (per run)
         self.history: list[dict[str, Any]] = []  # per run, not saved
@@ -260,13 +261,14 @@ class RuleTests(Stage):
 
     def _events(self, previous: dict[int, list[Rule]]) -> list[str]:
         s, events = self.settings, []
+        listed = {f"{c}:{k}" for c, rs in self.rules.items() for r in rs for k in r.keys}
         if self.tested < max(s.event_warmup, 1):  # the model is still finding its rules (and check 0 has no before)
+            self.seen |= listed
             return events
         for c, rules in self.rules.items():
-            before = {r.identity for r in previous.get(c, [])[:EVENT_TOP]}
-            for rule in rules[:EVENT_TOP]:
-                if s.event_sufficiency is not None and rule.identity not in before and \
-                        rule.sufficiency >= s.event_sufficiency:
+            for rule in rules[:EVENT_TOP]:  # new evidence: no token, feature or pixel of it listed for c before
+                new = not any(f"{c}:{k}" in self.seen for k in rule.keys)
+                if s.event_sufficiency is not None and new and rule.sufficiency >= s.event_sufficiency:
                     events.append(f"{rule.text} entered the first {EVENT_TOP} of its class with sufficiency "
                                   f"{rule.sufficiency:.2f}")
             for rule in rules:
@@ -277,6 +279,7 @@ class RuleTests(Stage):
                 if rule.sufficiency - first >= s.event_rise and key not in self.risen:
                     self.risen.add(key)
                     events.append(f"{rule.text}: sufficiency rose from {first:.2f} to {rule.sufficiency:.2f}")
+        self.seen |= listed
         return events
 
     def _guard_breaches(self, guards: list[Rule]) -> list[str]:
@@ -313,6 +316,7 @@ class RuleTests(Stage):
         return {"rule_set": None if self.rule_set is None else self.rule_set.state(),
                 "tested_rules": {int(c): [r.to_dict() for r in rs] for c, rs in self.rules.items()},
                 "rule_first_sufficiency": dict(self.first_sufficiency), "rule_risen": sorted(self.risen),
+                "rules_seen": sorted(self.seen),
                 "rules_tested": self.tested}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -321,6 +325,7 @@ class RuleTests(Stage):
         self.rules = {int(c): [Rule.from_dict(d) for d in rs] for c, rs in state.get("tested_rules", {}).items()}
         self.first_sufficiency = {str(k): float(v) for k, v in state.get("rule_first_sufficiency", {}).items()}
         self.risen = set(state.get("rule_risen", []))
+        self.seen = set(state.get("rules_seen", []))
         self.tested = int(state.get("rules_tested", 0))
 
 

@@ -263,8 +263,9 @@ class RuleExtraction(_Settings):
         region_size: Side of an image rule's square region, in pixels; ``None``: a quarter of the image's
             shorter side (at least 2).
         max_tests: Most examples a rule's necessity and sufficiency each rest on.
-        event_sufficiency: A rule that enters a class's first three with at least this sufficiency is an event
-            (``ig/rule_events``); ``None``: never.
+        event_sufficiency: A rule of new evidence (no token, feature or pixel listed for its class before) that
+            enters the class's first three with at least this sufficiency is an event (``ig/rule_events``); ``None``:
+            never.
         event_rise: A rule whose sufficiency rose by at least this much since the first check after
             ``event_warmup`` is an event.
         event_warmup: First checks whose rules raise no event (the model is still finding its rules); rises are
