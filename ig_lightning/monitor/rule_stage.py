@@ -111,7 +111,7 @@ class RuleTests(Stage):
         for rule in candidates + guards:
             rule.text = self.statement(rule)
         changes = rule_changes(previous, self.rules) if self.tested else None
-        events = self._events(previous)
+        events = self._events()
         breaches = self._guard_breaches(guards)
         self.tested += 1
         names = self.names
@@ -259,7 +259,8 @@ class RuleTests(Stage):
         inputs = self.rule_set.inputs.map(lambda t: t[rows]).replace({self._explainer.names[0]: xs})
         return self._explainer.outputs(model, inputs, self._forward_rows)[0].argmax(-1)
 
-    def _events(self, previous: dict[int, list[Rule]]) -> list[str]:
+    def _events(self) -> list[str]:
+        """This check's rule events (new evidence entering a class's first three, or a sufficiency that rose)."""
         s, events = self.settings, []
         listed = {f"{c}:{k}" for c, rs in self.rules.items() for r in rs for k in r.keys}
         if self.tested < max(s.event_warmup, 1):  # the model is still finding its rules (and check 0 has no before)

@@ -137,18 +137,18 @@ def test_events_fire_when_a_sufficient_rule_enters_and_when_sufficiency_rises():
     cue = Rule(0, "tokens", (2,), text='"zz" -> 0', sufficiency=0.9, score=0.6)
     back = Rule(0, "tokens", (3,), text='"b" -> 0', sufficiency=0.9, score=0.4)
     tests.rules = {0: [first, back]}
-    assert tests._events({}) == []  # the first checks (event_warmup=2): the model is still finding its rules
+    assert tests._events() == []  # the first checks (event_warmup=2): the model is still finding its rules
     tests.tested, tests.rules = 2, {0: [first]}
-    assert tests._events({0: [first]}) == []  # the first check after the warmup: the reference
+    assert tests._events() == []  # the first check after the warmup: the reference
     tests.tested, tests.rules = 3, {0: [back]}
-    assert tests._events({0: [first]}) == []  # a rule coming back is no event, however sufficient
+    assert tests._events() == []  # a rule coming back is no event, however sufficient
     tests.tested = 4
     cue = Rule(0, "tokens", (2,), text='"zz" -> 0', sufficiency=0.9, score=0.6)
     risen = Rule(0, "tokens", (1,), text='"a" -> 0', sufficiency=0.5, score=0.5)
     previous, tests.rules = tests.rules, {0: [cue, risen]}
-    events = tests._events(previous)
+    events = tests._events()
     assert events == ['"zz" -> 0 entered the first 3 of its class with sufficiency 0.90',
                       '"a" -> 0: sufficiency rose from 0.10 to 0.50']
-    assert tests._events(tests.rules) == []  # said once
+    assert tests._events() == []  # said once
     changes = rule_changes(previous, tests.rules)
     assert changes[0]["entered"] == ['"zz" -> 0', '"a" -> 0'] and changes[0]["left"] == ['"b" -> 0']
