@@ -9,7 +9,7 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from ig_lightning.functional import sanity
+from ig_lightning.functional import randomization, sanity
 from ig_lightning.functional.integrated_gradients import integrated_gradients
 from ig_lightning.functional.sanity import (
     SanityResult,
@@ -346,7 +346,7 @@ def test_copies_are_on_cpu_and_saved_one_layer_at_a_time(monkeypatch: pytest.Mon
     model = Tied()
     layers = randomizable_layers(model)
     events: list[tuple[str, object]] = []
-    real = sanity._to_host
+    real = randomization._to_host
 
     def recording(t: torch.Tensor) -> torch.Tensor:
         copy = real(t)
@@ -354,7 +354,7 @@ def test_copies_are_on_cpu_and_saved_one_layer_at_a_time(monkeypatch: pytest.Mon
         events.append(("save", id(t)))
         return copy
 
-    monkeypatch.setattr(sanity, "_to_host", recording)
+    monkeypatch.setattr(randomization, "_to_host", recording)
     for name, module in layers:
         reset = module.reset_parameters
         monkeypatch.setattr(module, "reset_parameters", lambda n=name, r=reset: (events.append(("reset", n)), r()))
