@@ -3,6 +3,10 @@
 Nothing here may end a run: a failure to write (a read-only or full disk, a removed directory, a
 logger error) is reported once per kind of failure as a warning, and training goes on. Scalars are
 not written here: they go through ``LightningModule.log`` so that every logger and callback sees them.
+
+With ``background=True`` (the monitor's default) a check's record is copied (``worker.snapshot()``) and drawn and
+written on the reporter's worker thread (``ig_lightning.output.worker``), in order; ``flush()`` and ``close()``
+wait for it. The pictures, texts and files are the same as when drawn in line.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ig_lightning.output import writers
+from ig_lightning.output.worker import DRAWING, Worker, snapshot
 from ig_lightning.output.views import CheckRecord, Item, View, common_items
 from ig_lightning.output.writers import Writer
 
@@ -42,11 +47,15 @@ class Reporter:
         view: What a check looks like (see ``make_view()``).
         prefix: What tags start with (``ig``, or ``ig/<name>``).
         rules_file: The rules file's name, in each writer's directory (an artifact of that name for MLflow).
+        background: Draw and write on a worker thread (``write`` returns once the record is copied).
+        queue_size: Checks waiting for the worker at most; ``write`` waits for room beyond.
     """
 
     def __init__(self, loggers: Sequence[Any], log_images: bool, view: View, prefix: str = "ig",
-                 rules_file: str = "ig_rules.jsonl") -> None:
+                 rules_file: str = "ig_rules.jsonl", background: bool = False, queue_size: int = 2) -> None:
         self.log_images, self.view, self.prefix, self.rules_file = log_images, view, prefix, rules_file
+        self.background = background
+        self.worker = Worker(queue_size, on_error=self._job_failed)
         self.failed: set[str] = set()
         self.writers: list[Writer] = []
         for logger in loggers:
@@ -72,8 +81,51 @@ class Reporter:
         return next((w.logger for w in self.writers if isinstance(w, writers.TensorBoardWriter)), None)
 
     def write(self, record: CheckRecord) -> None:
+        """Draw and write ``record``: now, or (``background``) a copy of it on the worker thread."""
         if not self.writers:
             return
+        if not self.background:
+            with DRAWING:
+                self.draw_and_write(record)
+            return
+        if not self.worker.alive:
+            self._prime()
+        self._directories()
+        copied = snapshot(record)
+        self.worker.submit(lambda: self.draw_and_write(copied))
+
+    def flush(self) -> None:
+        """Wait until every check written so far is drawn and written; issue the warnings it left."""
+        self.worker.flush()
+
+    def close(self) -> None:
+        """``flush()``, then stop the worker thread (a later ``write`` starts it again)."""
+        self.worker.close()
+
+    def _prime(self) -> None:
+        """Each logger's lazily made parts (directory, experiment) made here on the calling thread, not raced for
+        by the worker and the training thread; a failure is left for the worker to report."""
+        for writer in self.writers:
+            try:
+                writer.directory  # noqa: B018
+                if not isinstance(writer, writers.CSVWriter):
+                    writer.logger.experiment  # noqa: B018
+            except Exception:  # noqa: BLE001, S110
+                pass
+
+    def _directories(self) -> None:
+        """Each writer's directory, made again on the training thread if it went away (a cleaned-up log directory):
+        the loggers' own scalar writes there must not wait for the worker to make it."""
+        for writer in self.writers:
+            try:
+                directory = writer.directory
+                if directory:
+                    os.makedirs(directory, exist_ok=True)
+            except Exception:  # noqa: BLE001, S110  the worker's write reports it
+                pass
+
+    def draw_and_write(self, record: CheckRecord) -> None:
+        """Draw ``record`` and hand it to every writer, on the calling thread."""
         line = rules_line(record) if record.rules or record.tested_rules else None
         items: list[Item] = []
         if self.log_images and not self._safely("pictures", lambda: items.extend(self._items(record))):
@@ -125,11 +177,18 @@ class Reporter:
             self._warn(what, error)
             return False
 
-    def _warn(self, what: str, error: Exception) -> None:
+    def _job_failed(self, error: BaseException) -> None:
+        self._warn("the check's pictures and files", error)
+
+    def _warn(self, what: str, error: BaseException) -> None:
         if what not in self.failed:
             self.failed.add(what)
-            rank_zero_warn(f"IntegratedGradientsMonitor: could not write {what} ({type(error).__name__}: "
-                           f"{error}); training goes on, further failures of this kind are not reported")
+            message = (f"IntegratedGradientsMonitor: could not write {what} ({type(error).__name__}: {error}); "
+                       "training goes on, further failures of this kind are not reported")
+            if self.worker.on_thread:
+                self.worker.warn(message)  # issued on the training thread at the next write or flush
+            else:
+                rank_zero_warn(message)
 
 
 def rules_line(record: CheckRecord) -> dict:
