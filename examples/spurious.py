@@ -83,6 +83,9 @@ def make_monitor(probe: Split, **overrides: Any) -> IntegratedGradientsMonitor:
     """Watch the corner: stop the run as soon as it holds more than ``REGION_THRESHOLD`` of the attribution."""
     settings: dict[str, Any] = dict(
         probe=probe,
+        # The mark is white, the data's largest value: from black and white (baseline="auto") its white path would
+        # give it no attribution at all. From black, every bit of the mark is attributed.
+        baseline=None,
         alarm=Alarm(region=CUE_REGION, region_threshold=REGION_THRESHOLD, on_breach="stop"),
         # The run stops at an early check: little room is needed for attributions to grow.
         display=Display(class_names=CLASS_NAMES, color_headroom=1.5),

@@ -4,10 +4,15 @@ Lightning's "ddp" strategy re-launches this script for rank 1, so everything hap
 """
 
 
+import lightning.pytorch as pl
 import torch
 from conftest import TinyCNN, TokenModel, loaders, make_data, token_loaders, trainer, worker_main
 
 from ig_lightning import IntegratedGradientsMonitor
+
+#: The settings of the "trust" mode (tests/integration/test_ddp.py runs them in one process too).
+TRUST_SETTINGS = dict(baseline="uniform", integration=dict(baseline_samples=3, noise_samples=2),
+                      faithfulness=dict(sanity_every_n_checks=1, sanity_steps=2))
 
 
 def main(mode: str, out: str) -> None:
@@ -24,6 +29,41 @@ def main(mode: str, out: str) -> None:
                     "probe": monitor.probe_inputs, "metrics": monitor.last_metrics,
                     "rules": {c: [rule.to_dict() for rule in rs] for c, rs in monitor.rules.items()}},
                    f"{out}/rank{t.global_rank}.pt")
+    elif mode == "trust":  # drawn baselines, noisy copies and the sanity check: the same on every rank
+        monitor = IntegratedGradientsMonitor(probe=5, n_steps=16, **TRUST_SETTINGS)
+        t = trainer(out, [monitor], **kw)
+        t.validate(model, val, verbose=False)
+        r = monitor.last_result
+        torch.save({"attributions": r.attributions, "delta": r.delta, "metrics": monitor.last_metrics,
+                    "weights": model.state_dict()}, f"{out}/trust_rank{t.global_rank}.pt")
+    elif mode == "budget":  # max_overhead: rank 1's checks take longer, yet both ranks check on rank 0's epochs
+        import time
+
+        from ig_lightning.monitor.stages import Completeness
+
+        update = Completeness.update
+
+        def slow(self, check):
+            time.sleep(0.3 if check.trainer.global_rank == 1 else 0.02)
+            update(self, check)
+
+        Completeness.update = slow
+        monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, max_overhead=0.2, rule_extraction=dict(test=False),
+                                             faithfulness=dict(sanity_every_n_checks=0, curves=False))
+        epochs = []
+
+        class Record(pl.Callback):
+            def on_validation_epoch_end(self, trainer, pl_module):
+                if monitor.checks > len(epochs):
+                    epochs.append(trainer.current_epoch)
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                time.sleep(0.01)
+
+        t = trainer(out, [monitor, Record()], max_epochs=8, **kw)
+        t.fit(model, train, val)
+        torch.save({"epochs": epochs, "overhead": monitor.last_metrics["ig/overhead"]},
+                   f"{out}/budget_rank{t.global_rank}.pt")
     elif mode == "tokens":  # keyword inputs: ids and the mask are sharded with the probe
         torch.manual_seed(0)
         model = TokenModel()

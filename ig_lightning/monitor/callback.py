@@ -7,19 +7,21 @@ This module holds the hooks, the skip predicate and the checkpoint state; ``sett
 
 from __future__ import annotations
 
+import time
 import weakref
 from typing import Any, Callable, Literal, TypeVar
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from ig_lightning.functional.integrated_gradients import IGResult
 from ig_lightning.functional.rule_tests import Rule
 from ig_lightning.monitor import preflight
 from ig_lightning.monitor._isolation import eval_mode, preserved_rng
+from ig_lightning.monitor.budget import CheckProgress, OverheadBudget
 from ig_lightning.monitor.config import DELTA_FLOOR, MonitorConfig
 from ig_lightning.monitor.explainer import Explainer
 from ig_lightning.monitor.meshes import PathMeshes
@@ -58,9 +60,12 @@ class IntegratedGradientsMonitor(Callback):
             LongTensor (B,)`` of class indices (called at the first check), or ``"positive_labels"``: with
             multi-hot labels ``(B, C)``, one probe row per (example, positive label), explaining that label.
             One-hot labels are read through their argmax. Ignored with one output per example.
-        baseline: ``None`` (zeros; token id 0 with ``layer``), a number, a Tensor broadcastable to the attributed
-            input (a tuple/dict of those for several), or ``"special_tokens"`` (token ids at a ``layer``, a
-            tokenizer as ``display.vocabulary``): the probe's special tokens kept, every other token the pad token.
+        baseline: ``"auto"``: images from black and white (the probe's smallest and largest value, averaged),
+            anything else from zeros (token id 0 with ``layer``). ``None`` (zeros), a number, a Tensor broadcastable
+            to the attributed input (a tuple/dict of those for several), a list of several baselines averaged,
+            ``"blur"``, ``"uniform"``, ``"gaussian"``, ``"data"`` (drawn, ``integration.baseline_samples`` each), or
+            ``"special_tokens"`` (token ids at a ``layer``, a tokenizer as ``display.vocabulary``): the probe's
+            special tokens kept, every other token the pad token. See ``docs/trust.md``.
         layer: A submodule's name (``named_modules()``, e.g. ``"model.bert.embeddings.word_embeddings"``) to
             attribute at its output; a convolution's or patch embedding's output is drawn as a map over the image.
         n_steps: ``"auto"`` (refine each example until its estimated relative L2 error, logged as
@@ -68,6 +73,10 @@ class IntegratedGradientsMonitor(Callback):
             number of points of ``integration.method``.
         output_transform: ``"softmax"``, ``"log_softmax"``, ``"sigmoid"``, or a callable of the raw output.
         every_n_epochs: Check every ``n`` epochs.
+        max_overhead: A budget for the monitor: its largest share of the run's wall time (e.g. ``0.05``). Checks are
+            then spaced (on top of ``every_n_epochs``) so that the time the training thread spends in them stays
+            within it, estimating a check's cost by the last one's; the first check is never skipped, every rank
+            checks on the same epochs, and ``ig/overhead`` logs the share. ``None``: every ``every_n_epochs``.
         name: Several monitors in one trainer need distinct names: keys become ``ig/<name>/...``, the rules file
             ``ig_rules_<name>.jsonl``.
         inputs: ``Inputs``: which inputs are attributed, how a batch is unpacked, how an int probe is taken.
@@ -93,18 +102,22 @@ class IntegratedGradientsMonitor(Callback):
         ...                   enable_model_summary=False, enable_checkpointing=False)
     """
 
+    #: Draw and write pictures on a worker thread (``None``: ``display.background`` where it exists, else True).
+    draw_in_background: bool | None = None
+
     def __init__(
         self,
         probe: int | torch.Tensor | tuple | dict = 16,
         *,
         target: Literal["auto", "label", "prediction", "positive_labels"] | int
         | Callable[[torch.Tensor, Any], torch.Tensor] = "auto",
-        baseline: float | torch.Tensor | list | tuple | dict | None = None,
+        baseline: float | torch.Tensor | list | tuple | dict | str | None = "auto",
         layer: str | None = None,
         n_steps: int | Literal["auto"] = "auto",
         output_transform: Literal["softmax", "log_softmax", "sigmoid"] | Callable[[Any], torch.Tensor]
         | None = None,
         every_n_epochs: int = 1,
+        max_overhead: float | None = None,
         name: str | None = None,
         inputs: Inputs | None = None,
         integration: Integration | None = None,
@@ -117,7 +130,8 @@ class IntegratedGradientsMonitor(Callback):
         groups = regroup(moved, {"inputs": inputs, "integration": integration, "alarm": alarm,
                                  "rule_extraction": rule_extraction, "faithfulness": faithfulness, "display": display})
         self.config = MonitorConfig(probe=probe, target=target, baseline=baseline, layer=layer, n_steps=n_steps,
-                                    output_transform=output_transform, every_n_epochs=every_n_epochs, name=name,
+                                    output_transform=output_transform, every_n_epochs=every_n_epochs,
+                                    max_overhead=max_overhead, name=name,
                                     **groups)
         alarm = self.config.alarm
         self.policy = BreachPolicy({}, alarm.warmup, alarm.patience, alarm.on_breach, None, alarm.patience_window)
@@ -125,17 +139,21 @@ class IntegratedGradientsMonitor(Callback):
         self.probe: Probe | None = self.config.given_probe
         self.targets: torch.Tensor | None = None
         self.stages, self.meshes = make_stages(self.config), PathMeshes()
+        self.budget = OverheadBudget(self.config.max_overhead)
         self.checks, self._single_output = 0, False
         self._model_fingerprint: str | None = None
         # Per run, not saved.
         self.last_result: IGResult | None = None
         self.last_metrics: dict[str, float] = {}
+        #: Seconds of the last check on the training thread, by part: ``attribution``, each stage, ``pictures``.
+        self.last_timings: dict[str, float] = {}
         self._layer_module: nn.Module | None = None
         self._explainer: Explainer | None = None
         self._reporter: Reporter | None = None
         self._loggers: list[Any] = []
         self._batch, self._kind = None, None
         self._model_ref: Callable[[], Any] | None = None
+        self._zeros_before = False  # resumed from a 0.1 checkpoint made with zeros, under baseline="auto"
 
     def __getattr__(self, name: str) -> Any:
         """The arguments, read as plain attributes (``monitor.n_steps``, ``monitor.alarm``), as Lightning's
@@ -199,11 +217,13 @@ class IntegratedGradientsMonitor(Callback):
         self.stages, self.policy.recent, self._explainer, self.meshes = make_stages(self.config), [], None, PathMeshes()
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.budget.begin()
         if preflight.will_check(trainer, pl_module, self.config.every_n_epochs):
             self._prepare(trainer, pl_module)
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.state.fn != "fit" and not trainer.sanity_checking:
+            self.budget.begin()
             self._prepare(trainer, pl_module)
 
     def _prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -217,14 +237,27 @@ class IntegratedGradientsMonitor(Callback):
                 self.probe = self.probe.positive_pairs()  # one row per (example, positive label)
             self._batch = preflight.points_per_forward(trainer, config.integration.internal_batch_size,
                                                        len(self.probe))
+            baseline = preflight.resolve_baseline(config, self.probe, trainer)
+            if self._zeros_before and baseline is not None:
+                rank_zero_warn("IntegratedGradientsMonitor: the checkpoint's monitor attributed from zeros (the "
+                               "default of 0.1); baseline='auto' attributes these images from black and white, so its "
+                               "drift references are taken anew (pass baseline=None to keep zeros)")
+                self.stages = make_stages(config)
+            self._zeros_before = False
             self._explainer = Explainer(self.probe.inputs, config.inputs.attribute, self._layer_module, config.layer,
-                                        config.output_transform, preflight.resolve_baseline(config, self.probe))
+                                        config.output_transform, baseline, preflight.resolve_noise(config, self.probe),
+                                        config.integration.noise_type)
             self._kind = preflight.validate(config, self.probe, self._explainer, pl_module, self._batch)
             for stage in self.stages:
                 stage.prepare(trainer, pl_module, self.probe, self._explainer, self._kind, self._batch,
                               self._layer_module)
+        if self._reporter is not None:
+            self._reporter.close()  # the previous reporter's pictures are written before a new one starts
+        background = self.draw_in_background
+        if background is None:
+            background = getattr(config.display, "background", True)
         self._reporter = Reporter(self._loggers, config.display.log_images, make_view(self._kind, config.display),
-                                  config.prefix, config.rules_file)
+                                  config.prefix, config.rules_file, background=bool(background))
 
     # --- when to check -----------------------------------------------------------------------------
 
@@ -238,27 +271,74 @@ class IntegratedGradientsMonitor(Callback):
         # Inside fit: every n-th epoch, counted like Lightning's check_val_every_n_epoch.
         return (trainer.current_epoch + 1) % self.config.every_n_epochs != 0
 
+    def _within_budget(self, trainer: Trainer) -> bool:
+        """Whether ``max_overhead`` allows this check: rank zero's decision, the same on every rank."""
+        if self.config.max_overhead is None or trainer.state.fn != "fit":
+            return True
+        allowed = self.budget.allows(first=self.checks == 0)
+        if trainer.world_size > 1:
+            allowed = bool(trainer.strategy.broadcast(allowed, src=0))
+        if not allowed:
+            self.budget.skipped += 1
+            if self.budget.skipped == 1:
+                rank_zero_info(f"IntegratedGradientsMonitor: max_overhead={self.config.max_overhead} skips the check "
+                               f"of epoch {trainer.current_epoch} (the monitor took {self.budget.share():.1%} of the "
+                               "run so far; checks are spaced to stay within it, said once)")
+        return allowed
+
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._should_skip_check(trainer):
+        if self._should_skip_check(trainer) or not self._within_budget(trainer):
             return
+        started = time.perf_counter()
         self._prepare(trainer, pl_module)
         with preserved_rng(pl_module.device):
-            record, breaches = self._run_check(trainer, pl_module)
+            record, breaches = self._run_check(trainer, pl_module, started)
         self._explainer.pass_on_notes()
+        drawing = time.perf_counter()
         if trainer.is_global_zero:  # pictures and files: rank zero only, and never fatal
             self._reporter.write(record)
+        self.last_timings["pictures"] = time.perf_counter() - drawing
+        self.budget.add(time.perf_counter() - started)
         self.policy.act(trainer, breaches)
+
+    # --- pictures drawn and written on the reporter's worker thread: waited for at the end ---------------
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._reporter is not None:
+            self._reporter.flush()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if self._reporter is not None:  # before the loggers are finalized: the pending checks are written
+            self._reporter.close()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._reporter is not None:  # the end of fit, validate, test, predict
+            self._reporter.close()
 
     # --- the check ---------------------------------------------------------------------------------
 
-    def _run_check(self, trainer: Trainer, pl_module: LightningModule) -> tuple[CheckRecord, list[str]]:
+    def _run_check(self, trainer: Trainer, pl_module: LightningModule,
+                   started: float) -> tuple[CheckRecord, list[str]]:
         """Attribute the probe once, then run every stage on the check; log its scalars, return what to draw and
-        what it breaches."""
+        what it breaches. Each part's time goes to ``last_timings``; a long check shows its progress."""
+        progress = CheckProgress(trainer, self.config.prefix)
         self._ensure_targets(trainer, pl_module)
-        check = Check(trainer, pl_module, self.probe, self._explainer, self._attribute(trainer, pl_module),
-                      self.targets, self._batch, self.checks, self._kind)
+        clock = time.perf_counter()
+        result = self._attribute(trainer, pl_module, progress)
+        timings = {"attribution": time.perf_counter() - clock}
+        check = Check(trainer, pl_module, self.probe, self._explainer, result, self.targets, self._batch, self.checks,
+                      self._kind)
         for stage in self.stages:
+            progress(type(stage).__name__)
+            clock = time.perf_counter()
             stage.update(check)
+            timings[type(stage).__name__] = time.perf_counter() - clock
+        progress.done()
+        self.last_timings = timings
+        share = self.budget.share(time.perf_counter() - started)
+        if trainer.world_size > 1:  # rank zero's clock, so that every rank logs and decides the same
+            share = float(trainer.strategy.broadcast(share, src=0))
+        check.metrics[f"{self.config.prefix}/overhead"] = share
         log_scalars(trainer, pl_module, check.metrics)
         self.checks += 1
         self.last_result, self.last_metrics = check.result, check.metrics
@@ -275,13 +355,14 @@ class IntegratedGradientsMonitor(Callback):
         self.targets = trainer.strategy.broadcast(targets, src=0)
         self._single_output = self.targets is None
 
-    def _attribute(self, trainer: Trainer, pl_module: LightningModule) -> IGResult:
+    def _attribute(self, trainer: Trainer, pl_module: LightningModule, progress: Callable[[str], None]) -> IGResult:
         config, integration = self.config, self.config.integration
         precision = trainer.precision_plugin.forward_context() if integration.autocast else \
             torch.autocast(pl_module.device.type, enabled=False)
         with eval_mode(pl_module), precision:
             return self._explainer.attribute(
                 trainer, pl_module, self.probe.inputs, self.targets, self.meshes if integration.warm_start else None,
+                progress=progress,
                 n_steps=config.n_steps, method=integration.method, internal_batch_size=self._batch,
                 tolerance=integration.tolerance, max_steps=integration.max_steps, delta_floor=DELTA_FLOOR)
 
@@ -291,11 +372,16 @@ class IntegratedGradientsMonitor(Callback):
         return {"settings": self.config.identity(), "model": self._model_fingerprint,
                 "probe": None if self.probe is None else self.probe.state(), "targets": self.targets,
                 "single_output": self._single_output, "checks": self.checks, **self.policy.state_dict(),
-                **self.meshes.state_dict(), **{k: v for stage in self.stages for k, v in stage.state_dict().items()}}
+                **self.meshes.state_dict(), **self.budget.state_dict(),
+                **{k: v for stage in self.stages for k, v in stage.state_dict().items()}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved, current = state_dict.get("settings"), self.config.identity()
         changed = sorted(k for k in (saved or {}) if saved[k] != current.get(k))  # keys new since: no change
+        # 0.1 attributed from zeros by default; "auto" still does for all but images: decided when it is resolved.
+        self._zeros_before = "baseline" in changed and saved["baseline"] == "None" and self.config.baseline == "auto"
+        if self._zeros_before:
+            changed.remove("baseline")
         if changed:
             rank_zero_warn(f"IntegratedGradientsMonitor: the checkpoint's monitor had other settings ({changed}); "
                            "its probe, targets and references are not used and are taken anew")
@@ -305,7 +391,7 @@ class IntegratedGradientsMonitor(Callback):
             self.probe = Probe.from_state(probe, state_dict.get("probe_labels"))
         if state_dict.get("targets") is not None:
             self.targets = state_dict["targets"]
-        for part in (*self.stages, self.policy, self.meshes):
+        for part in (*self.stages, self.policy, self.meshes, self.budget):
             part.load_state_dict(state_dict)
         self._single_output = bool(state_dict.get("single_output", False))
         self._model_fingerprint = state_dict.get("model", self._model_fingerprint)

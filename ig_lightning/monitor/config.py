@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ig_lightning._validation import validate_choice, validate_int
+from ig_lightning._validation import validate_choice, validate_int, validate_positive_float
 from ig_lightning.functional.quadrature import AUTO_MIN_STEPS, validate_n_steps_or_auto
 from ig_lightning.monitor.explainer import OUTPUT_TRANSFORMS
 from ig_lightning.monitor.probe import ModelInputs, Probe, default_unpack
@@ -45,6 +45,8 @@ from ig_lightning.monitor.settings import (
 TARGETS = ("auto", "label", "prediction", "positive_labels")
 #: ``baseline=SPECIAL_TOKENS``: the probe's special tokens kept, every other token the pad token.
 SPECIAL_TOKENS = "special_tokens"
+#: ``baseline=<kind>``: a baseline made from each probe example or drawn (``ig_lightning.monitor.baselines``).
+BASELINE_KINDS = ("auto", "blur", "uniform", "gaussian", "data")
 #: What a monitor's ``name`` may hold.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 #: Floor of ``|F(x) - F(baseline)|`` in relative completeness errors.
@@ -71,6 +73,16 @@ METRICS: dict[str, str] = {
                      "baseline",
     "deletion_random_drop": "the same drop when faithfulness.top_k random units are set to the baseline",
     "deletion_ratio": "deletion_drop over deletion_random_drop (above 1: the attributions point at what matters)",
+    "deletion_auc": "area under the deletion curve, most relevant units removed first (normalised output; lower: "
+                    "more faithful)",
+    "insertion_auc": "area under the insertion curve, most relevant units inserted first (higher: more faithful)",
+    "srg": "Symmetric Relevance Gain: area of least-relevant-first deletion (= insertion_auc) - deletion_auc "
+           "(higher: more faithful; much of the fill's effect cancels)",
+    "baseline_confidence": "mean top-class probability the model gives the baseline (1 / classes: neutral)",
+    "sanity_spearman": "rank correlation of |attribution| between the trained model and the fully randomised one, "
+                       "over units that differ from the baseline (low: the maps depend on the weights)",
+    "sanity_spearman_signed": "the same, signed attributions",
+    "overhead": "the monitor's share of the run's wall time so far: its checks on the training thread (max_overhead)",
     "rule_events": "rules that entered a class's first three with high sufficiency, or whose sufficiency rose",
     "guard_breaches": "guarded features (rule_extraction.guards) that became a rule or decide a class",
 }
@@ -95,7 +107,7 @@ class MetricNames:
     prefix: str = "ig"
 
     def __getitem__(self, key: str) -> str:
-        if key not in METRICS and not key.startswith("drift_class/"):
+        if key not in METRICS and not key.startswith(("drift_class/", "sanity_cascade/")):
             raise KeyError(f"no metric {key!r}; the metrics are {sorted(METRICS)}")
         return f"{self.prefix}/{key}"
 
@@ -112,11 +124,12 @@ class MonitorConfig:
 
     probe: Any = 16
     target: Any = "auto"
-    baseline: Any = None
+    baseline: Any = "auto"
     layer: str | None = None
     n_steps: int | str = "auto"
     output_transform: Any = None
     every_n_epochs: int = 1
+    max_overhead: float | None = None
     name: str | None = None
     inputs: Inputs = field(default_factory=Inputs)
     integration: Integration = field(default_factory=Integration)
@@ -147,7 +160,9 @@ class MonitorConfig:
             validate_choice(target, "target", TARGETS)
         elif not callable(target):
             validate_int(target, "target", minimum=0)
-        if self.baseline == SPECIAL_TOKENS:
+        if isinstance(self.baseline, str) and self.baseline in BASELINE_KINDS:
+            pass
+        elif self.baseline == SPECIAL_TOKENS:
             if self.layer is None or getattr(self.display.vocabulary, "all_special_ids", None) is None:
                 raise ValueError(f"`baseline`={SPECIAL_TOKENS!r} needs token ids attributed at an embedding `layer` "
                                  "and a Hugging Face tokenizer as `display.vocabulary` (its special tokens are kept)")
@@ -165,6 +180,12 @@ class MonitorConfig:
         elif transform is not None and not callable(transform):
             raise TypeError(f"`output_transform` must be a name or a callable, got {type(transform).__name__}")
         validate_int(self.every_n_epochs, "every_n_epochs", minimum=1)
+        if self.max_overhead is not None:
+            value = validate_positive_float(self.max_overhead, "max_overhead")
+            if value >= 1:
+                raise ValueError(f"`max_overhead` is the monitor's largest share of the run's time, in (0, 1), got "
+                                 f"{self.max_overhead!r}")
+            self._set("max_overhead", value)
         if self.name is not None and (not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name)):
             raise ValueError(f"`name` must be letters, digits, '_', '-' or '.' (it goes into metric keys and file "
                              f"names), got {self.name!r}")
@@ -177,9 +198,33 @@ class MonitorConfig:
         if integration.warm_start and not auto:
             raise ValueError(f"`integration.warm_start=True` needs n_steps='auto' (a fixed rule has no mesh to start "
                              f"from), got n_steps={self.n_steps!r}")
+        if integration.warm_start and self.averaged:
+            raise ValueError("`integration.warm_start=True` starts each example's one path from the last check's "
+                             "mesh, but this monitor averages several paths per example (several baselines, "
+                             "`integration.baseline_samples` draws or `integration.noise_samples` copies): turn one "
+                             "off")
+        if integration.noise_samples and self.baseline == SPECIAL_TOKENS:
+            raise ValueError("`integration.noise_samples` adds noise to floating inputs, but `baseline`="
+                             f"{SPECIAL_TOKENS!r} attributes token ids: set noise_samples=0")
         if self.alarm.attribution_error_threshold is not None and not auto:
             raise ValueError("`alarm.attribution_error_threshold` needs n_steps='auto' (fixed rules give no error "
                              "estimate)")
+
+    @property
+    def averaged(self) -> bool:
+        """Whether each example's attribution averages several paths (several baselines, draws or noisy copies)."""
+        drawn = isinstance(self.baseline, str) and self.baseline in ("uniform", "gaussian", "data")
+        return isinstance(self.baseline, list) or (drawn and self.integration.baseline_samples > 1) \
+            or self.integration.noise_samples > 0
+
+    def draws_identity(self) -> dict[str, Any] | None:
+        """The settings the baseline and noise draws are made from (``None`` when there are none)."""
+        integration = self.integration
+        if not self.averaged and not isinstance(self.baseline, str):
+            return None
+        return {"baseline_samples": integration.baseline_samples, "baseline_sigma": integration.baseline_sigma,
+                "noise_samples": integration.noise_samples, "noise_sigma": integration.noise_sigma,
+                "noise_type": integration.noise_type, "seed": integration.seed}
 
     @property
     def prefix(self) -> str:
@@ -207,23 +252,47 @@ class MonitorConfig:
         """What makes the probe and its targets what they are: a checkpoint made with other settings is stale."""
         return {"probe": self.probe_size, "layer": self.layer, "attribute": self.inputs.attribute,
                 "target": self.target if isinstance(self.target, (str, int)) else "callable",
-                "baseline": repr(self.baseline)[:200],
+                "baseline": repr(self.baseline)[:200], "draws": self.draws_identity(),
                 "output_transform": self.output_transform if isinstance(self.output_transform, (str, type(None)))
                 else "callable"}
 
 
 def validate_baseline(value: Any, name: str = "baseline") -> Any:
-    """``None``, a finite number, a Tensor, or (several attributed inputs) a tuple/dict of those."""
-    if isinstance(value, list):  # from a config file: nested lists of numbers
+    """``None``, a finite number, a Tensor, or (several attributed inputs) a tuple/dict of those; one of
+    ``BASELINE_KINDS``; or a list of several such baselines, averaged over (from a config file, a list's entry
+    may be nested lists of numbers: a Tensor's values)."""
+    if isinstance(value, str):
+        if value in BASELINE_KINDS:
+            return value
+        raise ValueError(f"`{name}` as a name must be one of {[*BASELINE_KINDS, SPECIAL_TOKENS]}, got {value!r}")
+    if isinstance(value, list):
+        if not value:
+            raise ValueError(f"`{name}` as a list holds several baselines to average over; got an empty list")
+        if len(value) == 1:
+            return validate_baseline(_tensor_of(value[0], f"{name}[0]"), name)
+        return [_validate_one_baseline(_tensor_of(v, f"{name}[{i}]"), f"{name}[{i}]") for i, v in enumerate(value)]
+    return _validate_one_baseline(value, name)
+
+
+def _tensor_of(value: Any, name: str) -> Any:
+    """A config file's nested list of numbers as a Tensor; anything else as it is."""
+    if isinstance(value, list):
         try:
             value = torch.tensor(value)
         except (TypeError, ValueError, RuntimeError):
             raise TypeError(f"`{name}` as a list must be nested lists of numbers (a Tensor's values), got "
                             f"{value!r:.80}") from None
+    return value
+
+
+def _validate_one_baseline(value: Any, name: str) -> Any:
+    if isinstance(value, str):
+        raise TypeError(f"`{name}` must be None, a number or a Tensor, got the name {value!r} (names such as "
+                        f"{BASELINE_KINDS[0]!r} are whole baselines, never an entry)")
     if isinstance(value, Mapping):
-        return {k: validate_baseline(v, f"{name}[{k!r}]") for k, v in value.items()}
+        return {k: _validate_one_baseline(_tensor_of(v, f"{name}[{k!r}]"), f"{name}[{k!r}]") for k, v in value.items()}
     if isinstance(value, tuple):
-        return tuple(validate_baseline(v, f"{name}[{i}]") for i, v in enumerate(value))
+        return tuple(_validate_one_baseline(_tensor_of(v, f"{name}[{i}]"), f"{name}[{i}]") for i, v in enumerate(value))
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):

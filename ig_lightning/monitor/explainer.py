@@ -18,6 +18,7 @@ from torch import nn
 
 from ig_lightning.functional._hooks import tap_layers
 from ig_lightning.functional._inputs import make_baselines, model_output
+from ig_lightning.functional.averaged import averaged_integrated_gradients
 from ig_lightning.functional.integrated_gradients import IGResult, NonFiniteAttributionWarning, integrated_gradients
 from ig_lightning.monitor._isolation import eval_mode
 from ig_lightning.monitor.meshes import PathMeshes
@@ -81,24 +82,42 @@ class Explainer:
             floating-point input, or with ``layer`` the token ids / pixels the baseline replaces.
         layer: The module to attribute at, and its name.
         output_transform: A name of ``OUTPUT_TRANSFORMS``, a callable of the raw output, or ``None``.
-        baseline: ``None``, a number, a Tensor (one attributed input), or a tuple/dict with one per input.
+        baseline: ``None``, a number, a Tensor (one attributed input), or a tuple/dict with one per input; or a list
+            of several of those: each example is attributed from each and the attributions averaged
+            (``ig_lightning.monitor.baselines``). Removing a feature sets it to the first.
+        noise: Noise averaging: one ``(J, N, ...)`` tensor of noise per attributed input (``N`` the probe's size).
+        noise_type: How the noisy copies' attributions are combined (``integration.noise_type``).
 
     Raises:
         ValueError: ``attribute`` names an input that is not in the probe, or nothing can be attributed.
     """
 
     def __init__(self, inputs: ModelInputs, attribute: Sequence[Name] | None, layer: nn.Module | None,
-                 layer_name: str | None, output_transform: Any, baseline: Any) -> None:
+                 layer_name: str | None, output_transform: Any, baseline: Any,
+                 noise: tuple[torch.Tensor, ...] | None = None, noise_type: str = "smoothgrad") -> None:
         self.layer, self.layer_name, self.transform = layer, layer_name, output_transform
         self.n = len(inputs)
         self.notes: list[str] = []  # the engine's warnings during checks, for the monitor to pass on
         self._noted: set[str] = set()
-        self.names = self._choose(inputs, attribute, layer is not None)
+        self.names = self.attributed_names(inputs, attribute, layer is not None)
         self.others = [name for name in inputs.names if name not in self.names]
-        self.baseline = self._order_baseline(baseline)
+        several = baseline if isinstance(baseline, list) else [baseline]
+        self.baselines = [self._order_baseline(b) for b in several]
+        self.baseline = self.baselines[0]  # what a removed feature is set to
+        self.noise, self.noise_type = noise, noise_type
+
+    @property
+    def paths(self) -> int:
+        """Paths per example: baselines times noisy copies."""
+        return len(self.baselines) * (1 if self.noise is None else len(self.noise[0]))
+
+    @property
+    def averaged(self) -> bool:
+        """Whether each example's attribution averages several paths (baselines or noisy copies)."""
+        return len(self.baselines) > 1 or self.noise is not None
 
     @staticmethod
-    def _choose(inputs: ModelInputs, attribute: Sequence[Name] | None, with_layer: bool) -> list[Name]:
+    def attributed_names(inputs: ModelInputs, attribute: Sequence[Name] | None, with_layer: bool) -> list[Name]:
         if attribute is not None:
             missing = [a for a in attribute if a not in inputs.names]
             if missing:
@@ -123,7 +142,7 @@ class Explainer:
             if unknown:
                 raise ValueError(f"`baseline` has entries {unknown} for inputs that are not attributed ({self.names})")
             return tuple(baseline.get(name) for name in self.names)
-        if isinstance(baseline, (tuple, list)) and not isinstance(baseline, torch.Tensor):
+        if isinstance(baseline, tuple):
             if len(baseline) != len(self.names):
                 raise ValueError(
                     f"`baseline` must have one entry per attributed input {self.names}, got {len(baseline)}")
@@ -137,9 +156,12 @@ class Explainer:
         """The attributed tensors and the others, in the order ``forward()`` takes them."""
         return tuple(inputs[n] for n in self.names), tuple(inputs[n] for n in self.others)
 
-    def baselines_for(self, device: torch.device, idx: torch.Tensor | None = None) -> Any:
-        """The baseline(s) on ``device``; a per-example baseline (first dimension = the probe's size) is indexed
-        by ``idx``, the probe examples being attributed (a group, a rank's shard)."""
+    def baselines_for(self, device: torch.device, idx: torch.Tensor | None = None, which: int = 0) -> Any:
+        """The (first) baseline on ``device`` (a tuple of one per attributed input for several); a per-example
+        baseline (first dimension = the probe's size) is indexed by ``idx``, the probe examples being attributed (a
+        group, a rank's shard). ``which``: another of several baselines."""
+        baseline = self.baselines[which]
+
         def move(b: Any) -> Any:
             if not isinstance(b, torch.Tensor):
                 return b
@@ -147,20 +169,22 @@ class Explainer:
                 b = b[idx.to(b.device)]
             return b.to(device)
 
-        if isinstance(self.baseline, tuple):
-            return tuple(move(b) for b in self.baseline)
-        if len(self.names) > 1 and isinstance(self.baseline, torch.Tensor):
+        if isinstance(baseline, tuple):
+            return tuple(move(b) for b in baseline)
+        if len(self.names) > 1 and isinstance(baseline, torch.Tensor):
             raise TypeError(f"`baseline` must be a tuple or dict with one entry per attributed input {self.names}, "
                             "got one Tensor")
-        return move(self.baseline)
+        return move(baseline)
 
     def validate_baseline(self, inputs: ModelInputs) -> None:
         """Raise now, naming ``baseline``, if it does not fit the attributed inputs."""
         attributed, _ = self.split(inputs)
-        try:
-            make_baselines(self.baselines_for(torch.device("cpu")), attributed)
-        except (TypeError, ValueError) as error:
-            raise type(error)(str(error).replace("`baselines", "`baseline")) from None
+        for k in range(len(self.baselines)):
+            try:
+                make_baselines(self.baselines_for(torch.device("cpu"), which=k), attributed)
+            except (TypeError, ValueError) as error:
+                name = "`baseline" if len(self.baselines) == 1 else f"`baseline[{k}]"
+                raise type(error)(str(error).replace("`baselines", name)) from None
 
     def outputs(self, model: nn.Module, inputs: ModelInputs, batch: int,
                 name_the_probe: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -221,7 +245,8 @@ class Explainer:
         return base_outputs
 
     def attribute(self, trainer: Any, model: nn.Module, inputs: ModelInputs, targets: torch.Tensor | None,
-                  meshes: PathMeshes | None = None, **engine_kwargs: Any) -> IGResult:
+                  meshes: PathMeshes | None = None, progress: Callable[[str], None] | None = None,
+                  **engine_kwargs: Any) -> IGResult:
         """IG on this process's shard of the probe, gathered from every process in probe order, on CPU.
 
         The attributions are a Tensor for one attributed input, a tuple for several.
@@ -237,9 +262,13 @@ class Explainer:
         n = len(inputs)
         per_rank = math.ceil(n / world)
         idx = torch.arange(rank * per_rank, (rank + 1) * per_rank).clamp_max(n - 1)
-        group = engine_kwargs.get("internal_batch_size") or per_rank
-        parts = [self._attribute_group(model, inputs, targets, idx[k:k + group], engine_kwargs, meshes)
-                 for k in range(0, per_rank, group)]
+        # A group's paths (examples x baselines x noisy copies) hold as many rows as a forward holds points.
+        group = max(1, (engine_kwargs.get("internal_batch_size") or per_rank) // self.paths)
+        parts = []
+        for k in range(0, per_rank, group):
+            if progress is not None:
+                progress(f"attribution, examples {k + 1}-{min(k + group, per_rank)} of {per_rank}")
+            parts.append(self._attribute_group(model, inputs, targets, idx[k:k + group], engine_kwargs, meshes))
         if meshes is not None:
             meshes.share(trainer)
         result = parts[0] if len(parts) == 1 else _concatenate(parts)
@@ -261,12 +290,21 @@ class Explainer:
         device = attributed[0].device
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = integrated_gradients(
-                self.forward(model, shard), attributed if len(attributed) > 1 else attributed[0],
-                additional_forward_args=others, target=None if targets is None else targets[idx].to(device),
-                baselines=self.baselines_for(device, idx), layer=self.layer, **engine_kwargs,
-                **({} if meshes is None else {"warm_start": meshes.start_for(idx, engine_kwargs["max_steps"])}),
-            )
+            common = dict(additional_forward_args=others, target=None if targets is None else targets[idx].to(device),
+                          layer=self.layer, **engine_kwargs)
+            x = attributed if len(attributed) > 1 else attributed[0]
+            if self.averaged:
+                noise = None if self.noise is None else tuple(on_model(model, t[:, idx]) for t in self.noise)
+                result = averaged_integrated_gradients(
+                    self.forward(model, shard), x,
+                    baselines=[self.baselines_for(device, idx, k) for k in range(len(self.baselines))],
+                    nt_type=self.noise_type if noise is not None else "smoothgrad",
+                    nt_samples=0 if noise is None else len(noise[0]),
+                    noise=noise if noise is None or len(noise) > 1 else noise[0], **common)
+            else:
+                result = integrated_gradients(
+                    self.forward(model, shard), x, baselines=self.baselines_for(device, idx), **common,
+                    **({} if meshes is None else {"warm_start": meshes.start_for(idx, engine_kwargs["max_steps"])}))
         if meshes is not None:
             meshes.update(idx, result.warm_start)
         # Non-finite attributions are a breach (the monitor's message); the rest is said once per run.

@@ -34,21 +34,10 @@ def deletion_check(explainer: Explainer, model: nn.Module, inputs: ModelInputs, 
 
     Empty when the scores do not map onto the attributed input (a layer that is not per token)."""
     primary = inputs[explainer.names[0]]
-    flat = scores.reshape(len(scores), -1)
-    features = math.prod(primary.shape[1:])
-    is_map = scores.ndim == 3 and primary.ndim == 4 and tuple(scores.shape[1:]) != tuple(primary.shape[2:]) \
-        and layer_map((1, 1, *scores.shape[1:]), primary.shape) is not None
-    if flat.shape[1] != features and not (primary.ndim == 4 and flat.shape[1] * primary.shape[1] == features) \
-            and not is_map:
+    found = removal_units(scores, primary)
+    if found is None:
         return {}, {}
-    units = None
-    if is_map:
-        units = _cells(scores.shape[1:], primary.shape[1:])  # a layer map: a cell covers a block of pixels
-    elif flat.shape[1] != features:  # (B, C, H, W) input with (B, H, W) scores: a pixel's channels together
-        units = torch.arange(flat.shape[1]).view(1, *primary.shape[2:]).expand(primary.shape[1:])
-    elif primary.ndim == 4 and primary.shape[1] > 1:  # RGB: one unit per pixel, scored by its channels' sum
-        flat = scores.reshape(*primary.shape).sum(1).reshape(len(scores), -1)
-        units = torch.arange(flat.shape[1]).view(1, *primary.shape[2:]).expand(primary.shape[1:])
+    flat, units, is_map = found
     generator = torch.Generator().manual_seed(seed)
     parts, rule_parts = [], {}
     for start in range(0, len(inputs), batch):
@@ -72,6 +61,29 @@ def deletion_check(explainer: Explainer, model: nn.Module, inputs: ModelInputs, 
                     rule_parts.setdefault(c, []).append((drop, int((targets[idx] == c).sum())))
     summary = _join_deletions(parts).summary()
     return summary, {c: _weighted_mean(v) for c, v in rule_parts.items()}
+
+
+def removal_units(scores: torch.Tensor, primary: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, bool] | None:
+    """What a removal removes: ``(flat scores (B, U), the unit of every input element or None for one unit per
+    element, whether the scores are a layer map)``; ``None`` when the scores do not map onto the attributed input
+    (a layer that is not per token). Units: a pixel's channels together, a layer map's cell as a block of pixels."""
+    flat = scores.reshape(len(scores), -1)
+    features = math.prod(primary.shape[1:])
+    is_map = scores.ndim == 3 and primary.ndim == 4 and tuple(scores.shape[1:]) != tuple(primary.shape[2:]) \
+        and layer_map((1, 1, *scores.shape[1:]), primary.shape) is not None
+    if flat.shape[1] != features and not (primary.ndim == 4 and flat.shape[1] * primary.shape[1] == features) \
+            and not is_map:
+        return None
+    units = None
+    if is_map:
+        units = _cells(scores.shape[1:], primary.shape[1:])  # a layer map: a cell covers a block of pixels
+    elif flat.shape[1] != features:  # (B, C, H, W) input with (B, H, W) scores: a pixel's channels together
+        units = torch.arange(flat.shape[1]).view(1, *primary.shape[2:]).expand(primary.shape[1:])
+    elif primary.ndim == 4 and primary.shape[1] > 1:  # RGB: one unit per pixel, scored by its channels' sum
+        flat = scores.reshape(*primary.shape).sum(1).reshape(len(scores), -1)
+        units = torch.arange(flat.shape[1]).view(1, *primary.shape[2:]).expand(primary.shape[1:])
+    return flat, units, is_map
 
 
 def _cells(grid: Sequence[int], image: Sequence[int]) -> torch.Tensor:

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from ig_lightning.functional.baselines import special_token_baseline
+from ig_lightning.monitor.baselines import make_baselines, make_noise
 from ig_lightning.monitor.config import DELTA_FLOOR, SPECIAL_TOKENS, MonitorConfig
 from ig_lightning.monitor.explainer import Explainer, layer_map, layer_scores
 from ig_lightning.monitor.targets import is_multi_hot, is_one_hot, resolve_targets
@@ -140,14 +141,35 @@ def points_per_forward(trainer: Trainer, override: int | None, probe_size: int) 
     return max(1, next((s for s in sizes if s), probe_size) // 2)
 
 
-def resolve_baseline(config: MonitorConfig, probe: Probe) -> Any:
-    """``config.baseline``; for ``"special_tokens"`` the probe's token ids with their special tokens kept and every
-    other token the pad token (one baseline per example)."""
+def resolve_baseline(config: MonitorConfig, probe: Probe, trainer: Trainer | None = None) -> Any:
+    """``config.baseline`` for the ``probe``: for ``"special_tokens"`` the probe's token ids with their special tokens
+    kept and every other token the pad token (one baseline per example); a kind (``"blur"``, ``"uniform"``, ...)
+    made by ``ig_lightning.monitor.baselines`` (``"data"`` draws from the validation examples of the rule set, the
+    same on every rank, when ``trainer`` is given; else from the probe itself)."""
+    if isinstance(config.baseline, str) and config.baseline != SPECIAL_TOKENS:
+        names = Explainer.attributed_names(probe.inputs, config.inputs.attribute, config.layer is not None)
+        data = None
+        if config.baseline == "data" and trainer is not None:
+            rule_set = take_rule_set(trainer, config)
+            if rule_set is not None and rule_set.inputs.same_layout(probe.inputs) and all(
+                    rule_set.inputs[n].shape[1:] == probe.inputs[n].shape[1:] for n in names):
+                data = rule_set.inputs
+            else:
+                rank_zero_info("IntegratedGradientsMonitor: baseline='data' draws from the probe itself (the "
+                               "validation examples are not read as the probe's inputs, or are padded to other "
+                               "lengths)")
+        return make_baselines(config, probe.inputs, names, data)
     if config.baseline != SPECIAL_TOKENS:
         return config.baseline
     preferred = [k for k in LAYER_INPUT_KEYS if k in probe.inputs.kwargs]
     ids = probe.inputs[preferred[0] if preferred else probe.inputs.names[0]]
     return special_token_baseline(ids, config.display.vocabulary)
+
+
+def resolve_noise(config: MonitorConfig, probe: Probe) -> tuple[torch.Tensor, ...] | None:
+    """The noise of ``integration.noise_samples`` copies of every probe example (``ig_lightning.monitor.baselines``)."""
+    names = Explainer.attributed_names(probe.inputs, config.inputs.attribute, config.layer is not None)
+    return make_noise(config, probe.inputs, names)
 
 
 def validate(config: MonitorConfig, probe: Probe, explainer: Explainer, model: nn.Module, batch: int) -> str:

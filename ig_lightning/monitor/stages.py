@@ -14,8 +14,9 @@ new feature is a new stage (or a field of one's settings), not lines in the call
 Example::
 
     >>> from ig_lightning.monitor.config import MonitorConfig
-    >>> [type(s).__name__ for s in make_stages(MonitorConfig(alarm={"region": [[True, False]]}))]
-    ['Completeness', 'Drift', 'Region', 'Rules', 'RuleTests', 'Deletion', 'Pictures']
+    >>> stages = make_stages(MonitorConfig(alarm={"region": [[True, False]]}))
+    >>> print(" ".join(type(s).__name__ for s in stages))
+    Completeness BaselineWatch Drift Region Rules RuleTests Deletion Curves Sanity Pictures
 """
 
 from __future__ import annotations
@@ -292,8 +293,10 @@ class Pictures(Stage):
 
 def make_stages(config: MonitorConfig) -> list[Stage]:
     """The stages a monitor with ``config`` runs, in order (rules before the deletion check, which removes them)."""
+    from ig_lightning.monitor import trust  # the trust stages build on this module's Stage
+
     names = MetricNames(config.prefix)
-    stages: list[Stage] = [Completeness(config, names), Drift(config, names)]
+    stages: list[Stage] = [Completeness(config, names), trust.BaselineWatch(config, names), Drift(config, names)]
     if config.alarm.region is not None:
         stages.append(Region(config, names))
     stages.append(Rules(config))
@@ -303,6 +306,10 @@ def make_stages(config: MonitorConfig) -> list[Stage]:
         stages.append(RuleTests(config, names))
     if config.faithfulness.deletion:
         stages.append(Deletion(config, names))
+    if config.faithfulness.curves:
+        stages.append(trust.Curves(config, names))
+    if config.faithfulness.sanity_every_n_checks:
+        stages.append(trust.Sanity(config, names))
     stages.append(Pictures(config))
     return stages
 

@@ -9,7 +9,7 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from ig_lightning.functional import randomization, sanity
+from ig_lightning.functional import randomization
 from ig_lightning.functional.integrated_gradients import integrated_gradients
 from ig_lightning.functional.sanity import (
     SanityResult,

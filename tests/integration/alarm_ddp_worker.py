@@ -26,7 +26,7 @@ def main(mode: str, out: str) -> None:
         from conftest import Net, data_loaders, trainer
 
         torch.manual_seed(0)
-        common = dict(probe=8, display=dict(log_images=False), faithfulness=dict(deletion=False))
+        common = dict(probe=8, baseline=None, display=dict(log_images=False), faithfulness=dict(deletion=False))
         cold = IntegratedGradientsMonitor(name="cold", integration=dict(tolerance=1e-3), **common)
         warm = IntegratedGradientsMonitor(name="warm", integration=dict(tolerance=1e-3, warm_start=True), **common)
         seen = []

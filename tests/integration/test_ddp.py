@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import TinyCNN, TokenModel, free_port, loaders, make_data, token_loaders, trainer
 
@@ -41,6 +42,35 @@ def test_gathered_attributions_equal_a_single_process_run(tmp_path):
         assert {c: [{k: r[k] for k in numbers} for r in rs] for c, rs in got["rules"].items()} == \
             {c: [{k: r[k] for k in numbers} for r in (x.to_dict() for x in rs)] for c, rs in single.rules.items()}
     assert ranks[0]["metrics"] == ranks[1]["metrics"] and ranks[0]["rules"] == ranks[1]["rules"]
+
+
+def test_drawn_baselines_noise_and_the_sanity_check_equal_a_single_process_run(tmp_path):
+    from ddp_worker import TRUST_SETTINGS
+
+    proc = run_worker("trust", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"trust_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    torch.manual_seed(0)
+    model = TinyCNN()
+    single = IntegratedGradientsMonitor(probe=5, n_steps=16, **TRUST_SETTINGS)
+    trainer(tmp_path / "single", [single]).validate(model, loaders()[1], verbose=False)
+    for got in ranks:
+        torch.testing.assert_close(got["attributions"], single.last_result.attributions, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(got["delta"], single.last_result.delta, rtol=1e-5, atol=1e-7)
+        for key in ("ig/sanity_spearman", "ig/sanity_spearman_signed", "ig/srg", "ig/deletion_auc"):
+            assert got["metrics"][key] == pytest.approx(single.last_metrics[key], abs=1e-5), key
+        for key, value in model.state_dict().items():  # the sanity check restored every weight on every rank
+            assert torch.equal(got["weights"][key], value), key
+    assert ranks[0]["metrics"] == ranks[1]["metrics"]
+
+
+def test_the_overhead_budget_checks_on_the_same_epochs_on_every_rank(tmp_path):
+    proc = run_worker("budget", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"budget_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["epochs"] == ranks[1]["epochs"] and ranks[0]["epochs"][0] == 0
+    assert len(ranks[0]["epochs"]) < 8  # the budget spaced the checks
+    assert ranks[0]["overhead"] == ranks[1]["overhead"]  # rank zero's share, on every rank
 
 
 def test_raise_happens_on_every_rank_without_deadlock(tmp_path):

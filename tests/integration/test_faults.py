@@ -282,9 +282,10 @@ class CountsPoints(Net):
                          [(None, 4, 2), (None, 6, 3), (None, 1, 1), (16, 4, 16)])
 def test_points_per_forward_default_to_half_the_training_batch_size(tmp_path, internal_batch_size, train_batch,
                                                                    expected):
-    # Rule tests off: the count is of the probe's path points (the rule tests' passes are counted below).
+    # Rule tests and the sanity check off: the count is of the probe's path points (the rule tests' passes are
+    # counted below; the sanity check's cascade attributes the probe again, with the same points per forward).
     monitor = IntegratedGradientsMonitor(probe=8, n_steps=8, integration=dict(internal_batch_size=internal_batch_size),
-                                         rule_extraction=dict(test=False))
+                                         rule_extraction=dict(test=False), faithfulness=dict(sanity_every_n_checks=0))
     model = CountsPoints()
     torch.manual_seed(0)
     data = dataset("tabular")
@@ -294,7 +295,8 @@ def test_points_per_forward_default_to_half_the_training_batch_size(tmp_path, in
 
 
 def test_points_per_forward_under_validate_default_to_half_the_validation_batch_size(tmp_path):
-    monitor = IntegratedGradientsMonitor(probe=8, n_steps=8, rule_extraction=dict(test=False))
+    monitor = IntegratedGradientsMonitor(probe=8, n_steps=8, rule_extraction=dict(test=False),
+                                         faithfulness=dict(sanity_every_n_checks=0))
     model = CountsPoints()
     make_trainer(tmp_path, [monitor]).validate(model, DataLoader(dataset("tabular"), batch_size=6), verbose=False)
     assert max(model.sizes) == 3 and sum(model.sizes) == 8 * 8
@@ -394,8 +396,8 @@ def test_faults_of_several_sources_in_one_check_are_each_named(tmp_path):
     assert "for 1 of 5 probe examples [4]: the values come from the model's gradients" in message
 
 
-KIND_KW = {
-    "image": dict(display=dict(class_names=["a", "b", "c", "d"])),
+KIND_KW = {  # images from zeros: the marker (a feature of 1000) would be the white of baseline="auto"
+    "image": dict(baseline=None, display=dict(class_names=["a", "b", "c", "d"])),
     "tabular": dict(display=dict(feature_names=list("vwxyz"), class_names=["a", "b", "c", "d"])),
     "text": dict(layer="embedding",
                  display=dict(vocabulary=[f"t{i}" for i in range(10)], class_names=["a", "b", "c", "d"])),
@@ -455,7 +457,7 @@ def test_one_nonfinite_example_gets_its_reference_at_the_next_finite_check(tmp_p
     x, y = probe_with_marker("image")
     model = Net()
     model.poison = nan_marked_at_first_epoch
-    monitor = IntegratedGradientsMonitor(probe=(x, y), n_steps=4, alarm=dict(reference="first"))
+    monitor = IntegratedGradientsMonitor(probe=(x, y), n_steps=4, baseline=None, alarm=dict(reference="first"))
     snaps = Snapshots(monitor)
     with caught_warnings():
         fit_net(tmp_path, monitor, model=model, max_epochs=3, callbacks=[snaps])
@@ -505,7 +507,7 @@ def test_region_mass_and_completeness_stay_finite_with_one_nonfinite_example(tmp
     model.poison = nan_marked
     region = torch.zeros(1, 8, 8, dtype=torch.bool)
     region[:, :4] = True
-    monitor = IntegratedGradientsMonitor(probe=(x, y), n_steps=4,
+    monitor = IntegratedGradientsMonitor(probe=(x, y), n_steps=4, baseline=None,
                                          alarm=dict(region=region, region_threshold=1.0, completeness_threshold=10.0,
                                                     metric="spearman"))
     with caught_warnings() as caught:
@@ -669,6 +671,9 @@ class RemoveLogDir(Callback):
 
     def on_validation_epoch_start(self, trainer, pl_module):
         if trainer.current_epoch == 1:
+            for callback in trainer.callbacks:  # the first check's files are written (on the worker) before
+                if getattr(callback, "_reporter", None) is not None:
+                    callback._reporter.flush()
             shutil.rmtree(trainer.logger.log_dir)
 
 

@@ -43,7 +43,7 @@ def multi_hot_loaders():
 
 def test_multi_label_explains_every_positive_pair(tmp_path):
     torch.manual_seed(0)
-    monitor = IntegratedGradientsMonitor(probe=6, target="positive_labels", output_transform="sigmoid")
+    monitor = IntegratedGradientsMonitor(probe=6, target="positive_labels", output_transform="sigmoid", baseline=None)
     logger = TensorBoardLogger(tmp_path)
     trainer(tmp_path, [monitor], logger=logger).fit(MultiLabel(), *multi_hot_loaders())
     _, val = multi_hot_loaders()
@@ -105,8 +105,10 @@ def test_a_probe_of_the_wrong_shape_names_the_probe_and_its_shapes(tmp_path):
 
 
 def test_bad_baselines_are_named():
-    with pytest.raises(TypeError, match="`baseline` as a list must be nested lists of numbers"):
-        IntegratedGradientsMonitor(baseline=["a", "b"])
+    with pytest.raises(TypeError, match=r"`baseline\[0\]` as a list must be nested lists of numbers"):
+        IntegratedGradientsMonitor(baseline=[["a", "b"]])
+    with pytest.raises(TypeError, match=r"`baseline\[1\]` must be None, a number or a Tensor, got the name 'b'"):
+        IntegratedGradientsMonitor(baseline=[0.0, "b"])
     with pytest.raises(ValueError, match="`baselines` must be finite, got nan"):
         integrated_gradients(lambda v: v.sum(1), torch.ones(2, 3), baselines=math.nan, n_steps=4)
     with pytest.raises(ValueError, match=r"`baselines` holds NaN"):

@@ -98,7 +98,7 @@ def test_dropout_is_off_during_ig(tmp_path):
 
 
 def test_attributions_are_the_engines_on_the_first_probe_examples(tmp_path):
-    monitor = IntegratedGradientsMonitor(probe=6, n_steps=16, target="label")
+    monitor = IntegratedGradientsMonitor(probe=6, n_steps=16, target="label", baseline=None)
     t, model = fit_cnn(tmp_path, monitor, max_epochs=1)
     x, y = make_data()[:6]
     model.eval()

@@ -53,7 +53,7 @@ BAD_ARGUMENTS = [
     ({"integration": {"internal_batch_size": 2.5}}, TypeError, "`integration.internal_batch_size` must be an int"),
     ({"integration": {"autocast": "yes"}}, TypeError, "`integration.autocast`"),
     # what is attributed, and how
-    ({"baseline": "black"}, TypeError, "`baseline`"),
+    ({"baseline": "black"}, ValueError, "`baseline` as a name must be one of"),
     ({"baseline": NAN}, ValueError, "`baseline` must be finite"),
     ({"baseline": torch.tensor([0.0, math.inf])}, ValueError, "`baseline` must be finite"),
     ({"baseline": (0.0, -math.inf)}, ValueError, r"`baseline\[1\]` must be finite"),
@@ -97,6 +97,30 @@ BAD_ARGUMENTS = [
     ({"alarm": {"on_breach": "stopp"}}, ValueError, "`alarm.on_breach` can be .*'stopp'"),
     ({"faithfulness": {"deletion": 1}}, TypeError, "`faithfulness.deletion`"),
     ({"faithfulness": {"top_k": 0}}, ValueError, "`faithfulness.top_k` must be >= 1"),
+    ({"faithfulness": {"curves": "yes"}}, TypeError, "`faithfulness.curves`"),
+    ({"display": {"background": "yes"}}, TypeError, "`display.background`"),
+    ({"max_overhead": 0.0}, ValueError, "`max_overhead`"),
+    ({"max_overhead": 1.0}, ValueError, "`max_overhead` is the monitor's largest share"),
+    ({"max_overhead": "5%"}, TypeError, "`max_overhead`"),
+    ({"faithfulness": {"curve_points": 0}}, ValueError, "`faithfulness.curve_points` must be >= 1"),
+    ({"faithfulness": {"fill": "zeros"}}, ValueError, "`faithfulness.fill`"),
+    ({"faithfulness": {"sanity_every_n_checks": -1}}, ValueError, "`faithfulness.sanity_every_n_checks` must be >= 0"),
+    ({"faithfulness": {"sanity_steps": 0}}, ValueError, "`faithfulness.sanity_steps` must be >= 1"),
+    ({"faithfulness": {"sanity_warn_above": 1.5}}, ValueError, "`faithfulness.sanity_warn_above` must be a share"),
+    # baselines and noise
+    ({"baseline": "blurred"}, ValueError, "`baseline` as a name must be one of"),
+    ({"baseline": []}, ValueError, "`baseline` as a list holds several baselines"),
+    ({"baseline": [0.0, float("nan")]}, ValueError, r"`baseline\[1\]` must be finite"),
+    ({"baseline": ("blur",)}, TypeError, r"`baseline\[0\]` must be None, a number or a Tensor, got the name"),
+    ({"integration": {"baseline_samples": 0}}, ValueError, "`integration.baseline_samples` must be >= 1"),
+    ({"integration": {"baseline_sigma": 0.0}}, ValueError, "`integration.baseline_sigma`"),
+    ({"integration": {"noise_samples": -1}}, ValueError, "`integration.noise_samples` must be >= 0"),
+    ({"integration": {"noise_sigma": -0.1}}, ValueError, "`integration.noise_sigma`"),
+    ({"integration": {"noise_type": "var"}}, ValueError, "`integration.noise_type`"),
+    ({"integration": {"seed": -1}}, ValueError, "`integration.seed` must be >= 0"),
+    ({"integration": {"seed": 1.5}}, TypeError, "`integration.seed`"),
+    ({"baseline": "uniform", "integration": {"warm_start": True}}, ValueError, "averages several paths"),
+    ({"integration": {"noise_samples": 2, "warm_start": True}}, ValueError, "averages several paths"),
     # pictures and names
     ({"display": {"max_images": True}}, TypeError, "`display.max_images` must be an int"),
     ({"rule_extraction": {"top_k": 0}}, ValueError, "`rule_extraction.top_k` must be >= 1"),
@@ -157,7 +181,7 @@ def test_the_monitor_and_the_config_say_the_same(kwargs, error, match):
 
 
 def test_region_and_baseline_accept_lists_from_config_files():
-    monitor = IntegratedGradientsMonitor(baseline=[0.0, 0.5],
+    monitor = IntegratedGradientsMonitor(baseline=[[0.0, 0.5]],
                                          alarm=dict(region=[[True, False], [False, False]], region_threshold=0.5))
     assert monitor.alarm.region.dtype == torch.bool and monitor.alarm.region.shape == (2, 2)
     assert torch.equal(monitor.baseline, torch.tensor([0.0, 0.5]))
@@ -169,11 +193,12 @@ def test_auto_steps_with_enough_max_steps_are_accepted():
 
 
 def test_the_signature_reads_at_a_glance():
-    names = list(inspect.signature(IntegratedGradientsMonitor).parameters)
+    parameters = inspect.signature(IntegratedGradientsMonitor).parameters
+    names = [n for n, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD]  # not **moved (0.1)
     assert len(names) <= 15, names
-    assert names[:8] == ["probe", "target", "baseline", "layer", "n_steps", "output_transform", "every_n_epochs",
-                         "name"]
-    assert names[8:] == [*GROUPS, "moved"]
+    assert names[:9] == ["probe", "target", "baseline", "layer", "n_steps", "output_transform", "every_n_epochs",
+                         "max_overhead", "name"]
+    assert names[9:] == [*GROUPS] and list(parameters)[-1] == "moved"
 
 
 @pytest.mark.parametrize(("group", "cls"), list(GROUPS.items()))

@@ -35,7 +35,7 @@ def test_the_fixture_is_in_the_previous_format(saved):
 
 
 def test_an_old_state_loads_into_todays_monitor(saved):
-    monitor = IntegratedGradientsMonitor(probe=6, n_steps=4)
+    monitor = IntegratedGradientsMonitor(probe=6, n_steps=4, baseline=None)  # 0.1's default
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         monitor.load_state_dict(saved)
@@ -59,13 +59,13 @@ def test_an_old_state_loads_into_todays_monitor(saved):
 
 
 def test_an_old_breach_streak_loads(saved):
-    monitor = IntegratedGradientsMonitor(probe=6, n_steps=4, alarm=dict(patience=3))
+    monitor = IntegratedGradientsMonitor(probe=6, n_steps=4, baseline=None, alarm=dict(patience=3))
     monitor.load_state_dict({**saved, "breach_streak": 2})
     assert monitor.policy.streak == 2 and monitor.policy.recent == [True, True]
 
 
 def test_training_goes_on_from_an_old_state(saved, tmp_path):
-    monitor = IntegratedGradientsMonitor(probe=6, n_steps=4)
+    monitor = IntegratedGradientsMonitor(probe=6, n_steps=4, baseline=None)  # 0.1's default
     monitor.load_state_dict(saved)
     first = monitor.stage(Drift).references.first.clone()
     torch.manual_seed(0)
@@ -93,8 +93,8 @@ CKPT_0_1 = Path(__file__).resolve().parents[1] / "data" / "monitor_v0_1.ckpt"
 
 def grouped_monitor() -> IntegratedGradientsMonitor:
     """The 0.1 monitor of ``CKPT_0_1``, written with today's settings objects."""
-    return IntegratedGradientsMonitor(probe=6, n_steps=4, alarm=Alarm(threshold="auto", top_k=5, patience=2,
-                                                                       patience_window=3),
+    return IntegratedGradientsMonitor(probe=6, n_steps=4, baseline=None,
+                                      alarm=Alarm(threshold="auto", top_k=5, patience=2, patience_window=3),
                                       rule_extraction=RuleExtraction(top_k=5), faithfulness=Faithfulness(top_k=5),
                                       display=Display(class_names=["a", "b", "c", "d"]))
 
@@ -121,3 +121,20 @@ def test_a_0_1_checkpoint_resumes_with_the_grouped_settings(tmp_path):
     assert history[:-1] == old["drift_history"]["drift_class_max"]  # the alarm keeps calibrating on the old run
     assert "ig/drift_ratio" in monitor.last_metrics  # three earlier values came from the checkpoint
     assert len(monitor.policy.recent) <= 3
+
+
+def test_an_old_state_under_the_auto_baseline_keeps_its_probe_and_retakes_image_references(saved, tmp_path):
+    # 0.1 attributed from zeros; "auto" attributes images from black and white: the drift references no longer
+    # compare, and a warning says so; the probe and its targets do not depend on the baseline and are kept.
+    monitor = IntegratedGradientsMonitor(probe=6, n_steps=4)
+    monitor.load_state_dict(saved)
+    torch.manual_seed(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(tmp_path, [monitor], max_epochs=1).fit(TinyCNN(), *loaders())
+    said = [str(w.message) for w in caught if "IntegratedGradientsMonitor" in str(w.message)]
+    assert not any("other settings" in m for m in said), said
+    assert sum("attributed from zeros (the default of 0.1)" in m for m in said) == 1
+    assert torch.equal(monitor.probe.inputs.args[0], saved["probe"]["args"][0])
+    assert torch.equal(monitor.targets, saved["targets"])
+    assert "ig/drift" not in monitor.last_metrics  # the first check of the new references

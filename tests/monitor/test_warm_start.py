@@ -26,7 +26,8 @@ class Rounds(Callback):
 
 
 def monitors(**kw):
-    common = dict(probe=8, display=dict(log_images=False), faithfulness=dict(deletion=False), **kw)
+    # One baseline for both: with warm starts "auto" is zeros (one path per example), without it black and white.
+    common = dict(probe=8, baseline=None, display=dict(log_images=False), faithfulness=dict(deletion=False), **kw)
     return (IntegratedGradientsMonitor(name="cold", integration=dict(tolerance=1e-3), **common),
             IntegratedGradientsMonitor(name="warm", integration=dict(tolerance=1e-3, warm_start=True), **common))
 
