@@ -24,18 +24,11 @@ Example::
     >>> import torch
     >>> from torch import nn
     >>> _ = torch.manual_seed(0)
-    >>> model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
-    >>> [name for name, _ in randomizable_layers(model)]
-    ['3', '0']
-    >>> before = [p.clone() for p in model.parameters()]
-    >>> x = torch.randn(5, 4)
-    >>> runs = cascade(model, randomizable_layers(model), lambda: model(x).detach(), points=[1, 2], seed=0)
-    >>> [(k, name) for k, name, _ in runs]
-    [(1, '3'), (2, '0')]
-    >>> all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
-    True
-    >>> rank_correlation(torch.tensor([[1.0, 2.0, 3.0, 4.0]]), torch.tensor([[10.0, 20.0, 40.0, 30.0]])).tolist()
-    [0.8]
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 5))
+    >>> x = torch.randn(16, 4)
+    >>> result = parameter_randomization(model, lambda: model(x).detach(), n_points=2, seed=0)
+    >>> result.points, result.layers, len(result.spearman_abs)
+    ([1, 2], ['2', '0'], 2)
 """
 
 from __future__ import annotations

@@ -289,7 +289,7 @@ class IntegratedGradientsMonitor(Callback):
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._should_skip_check(trainer) or not self._within_budget(trainer):
             return
-        started = time.perf_counter()
+        started = self.budget.clock()
         self._prepare(trainer, pl_module)
         with preserved_rng(pl_module.device):
             record, breaches = self._run_check(trainer, pl_module, started)
@@ -298,7 +298,7 @@ class IntegratedGradientsMonitor(Callback):
         if trainer.is_global_zero:  # pictures and files: rank zero only, and never fatal
             self._reporter.write(record)
         self.last_timings["pictures"] = time.perf_counter() - drawing
-        self.budget.add(time.perf_counter() - started)
+        self.budget.add(self.budget.clock() - started)
         self.policy.act(trainer, breaches)
 
     # --- pictures drawn and written on the reporter's worker thread: waited for at the end ---------------
@@ -335,7 +335,7 @@ class IntegratedGradientsMonitor(Callback):
             timings[type(stage).__name__] = time.perf_counter() - clock
         progress.done()
         self.last_timings = timings
-        share = self.budget.share(time.perf_counter() - started)
+        share = self.budget.share(self.budget.clock() - started)
         if trainer.world_size > 1:  # rank zero's clock, so that every rank logs and decides the same
             share = float(trainer.strategy.broadcast(share, src=0))
         check.metrics[f"{self.config.prefix}/overhead"] = share

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import lightning.pytorch as pl
 import pytest
@@ -59,22 +58,25 @@ def test_the_budget_is_kept_across_a_resume():
     assert resumed.allows(first=False)
 
 
-def slow_completeness(monkeypatch) -> None:
-    """Every check a quarter of a second longer: the monitor costs more than the tiny model's epochs."""
+def slow_completeness(monkeypatch, clock: Clock) -> None:
+    """Every check half a (fake) second longer than the tiny model's epochs."""
     update = Completeness.update
 
     def slow(self, check):
-        time.sleep(0.25)
+        clock.now += 0.5
         update(self, check)
 
     monkeypatch.setattr(Completeness, "update", slow)
 
 
 class SlowSteps(pl.Callback):
-    """Training steps of 50 ms: epochs long enough for a check to fit the budget now and then."""
+    """Training steps of 50 (fake) ms: epochs of 0.3 s, a check 0.5 s."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        time.sleep(0.05)
+        self.clock.now += 0.05
 
 
 class Record(pl.Callback):
@@ -89,13 +91,17 @@ class Record(pl.Callback):
 
 
 def test_a_fit_under_max_overhead_skips_checks_logs_its_share_and_trains_the_same(tmp_path, monkeypatch):
-    slow_completeness(monkeypatch)
+    clock = Clock()  # the run's time, made by the slow steps and checks: the same schedule on any machine
+    slow_completeness(monkeypatch, clock)
     _, plain = fit_cnn(tmp_path / "a", max_epochs=8)
     monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, max_overhead=0.3,
                                          faithfulness={"sanity_every_n_checks": 0})
+    monitor.budget = OverheadBudget(0.3, clock=clock)
     record = Record(monitor)
-    _, watched = fit_cnn(tmp_path / "b", monitor, max_epochs=8, callbacks=[record, SlowSteps()])
-    assert record.epochs[0] == 0 and 1 < len(record.epochs) < 8
+    _, watched = fit_cnn(tmp_path / "b", monitor, max_epochs=8, callbacks=[record, SlowSteps(clock)])
+    # Epochs of 0.3 s, checks of 0.5 s, 30%: after the first check (0.5 s at 0.3 s) the next fits once
+    # (0.5 + 0.5) <= 0.3 * (0.8 + 0.3 k + 0.5), at the end of epoch k = 7.
+    assert record.epochs == [0, 7]
     budget = monitor.budget
     assert budget.share() <= 0.3 + budget.last / budget.elapsed()
     assert monitor.last_metrics["ig/overhead"] == pytest.approx(budget.share(), abs=0.1)
@@ -138,3 +144,19 @@ def test_a_long_check_shows_its_progress_in_the_bar_or_on_the_console(tmp_path, 
         trainer(tmp_path, [IntegratedGradientsMonitor(probe=4, n_steps=4)], max_epochs=1).fit(TinyCNN(), *loaders())
     said = [r.getMessage() for r in caplog.records if "ig check:" in r.getMessage()]
     assert any("attribution, examples 1-" in m for m in said) and any("Sanity" in m for m in said)
+
+
+def test_a_resumed_fit_keeps_the_monitors_time_and_its_spacing(tmp_path):
+    first = IntegratedGradientsMonitor(probe=4, n_steps=4, max_overhead=0.5)
+    t, _ = fit_cnn(tmp_path / "a", first, max_epochs=2, enable_checkpointing=True)
+    saved = torch.load(t.checkpoint_callback.best_model_path, weights_only=False)["callbacks"][first.state_key]
+    assert saved["overhead_spent"] == pytest.approx(first.budget.spent)
+    assert saved["overhead_elapsed"] > saved["overhead_spent"] > 0
+    resumed = IntegratedGradientsMonitor(probe=4, n_steps=4, max_overhead=0.5)
+    torch.manual_seed(0)
+    trainer(tmp_path / "b", [resumed], max_epochs=3).fit(TinyCNN(), *loaders(),
+                                                          ckpt_path=t.checkpoint_callback.best_model_path)
+    # The old run's time is counted on: the third epoch's check is decided against it (run or skipped), not run as
+    # the first check of a fresh budget.
+    assert resumed.budget.spent >= saved["overhead_spent"] and resumed.budget.elapsed() > saved["overhead_elapsed"]
+    assert first.checks + first.budget.skipped == 2 and resumed.checks + resumed.budget.skipped == first.checks + 1
