@@ -225,7 +225,8 @@ def steps_table(args: argparse.Namespace) -> list[dict[str, Any]]:
     for run in runs:
         print(f"- {run['name']}: {run['steps_per_epoch']} steps/epoch, val/acc {run['val_acc']:.3f}; median step "
               f"while the worker drew {run['busy'] * 1000:.1f} ms ({run['n_busy']} steps) vs "
-              f"{run['idle'] * 1000:.1f} ms otherwise; median step before the first check {run['before'] * 1000:.1f} ms, "
+              f"{run['idle'] * 1000:.1f} ms otherwise; median step before the first check "
+              f"{run['before'] * 1000:.1f} ms, "
               f"after it {run['after'] * 1000:.1f} ms")
     return runs
 
