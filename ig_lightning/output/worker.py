@@ -145,6 +145,9 @@ class Worker:
         self._thread.start()
 
     def _loop(self) -> None:
+        # One torch thread here: a second thread running multi-threaded torch ops (the pictures' tensors) slowed the
+        # training thread's own multi-threaded ops about 2.5x for as long as it lived (benchmarks/bench_cost.py).
+        torch.set_num_threads(1)
         q = self._queue
         while True:
             job = q.get()

@@ -336,3 +336,12 @@ def test_a_monitor_and_a_started_reporter_can_be_copied_and_pickled(tmp_path):
         clone.close()
     reporter.close()
     assert not worker_threads()
+
+
+def test_the_worker_draws_on_one_torch_thread_and_leaves_the_training_threads_count_alone():
+    seen = []
+    worker = Worker()
+    before = torch.get_num_threads()
+    worker.submit(lambda: seen.append(torch.get_num_threads()))
+    worker.close()
+    assert seen == [1] and torch.get_num_threads() == before
