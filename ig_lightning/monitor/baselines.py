@@ -117,6 +117,28 @@ def auto_baseline(tensors: Sequence[torch.Tensor], warm_start: bool = False) -> 
     return None if low == high else [low, high]
 
 
+#: The baseline is "predicted with high confidence" above this softmax probability (on most examples).
+BASELINE_CONFIDENCE = 0.9
+
+
+def confident_class(base_outputs: torch.Tensor) -> tuple[torch.Tensor, tuple[int, float] | None]:
+    """The model's top-class probability at each baseline ``(B,)``, and ``(class, mean confidence)`` when most of
+    them are predicted as one class above ``BASELINE_CONFIDENCE`` (else ``None``): the baseline is not neutral.
+
+    Example::
+
+        >>> import torch
+        >>> confidence, found = confident_class(torch.tensor([[9.0, 0.0], [8.0, 0.0], [0.0, 0.0]]))
+        >>> found[0], round(found[1], 3)
+        (0, 1.0)
+    """
+    confidence, predicted = base_outputs.float().softmax(-1).max(-1)
+    confident = confidence > BASELINE_CONFIDENCE
+    if not bool(confident.float().mean() > 0.5):
+        return confidence, None
+    return confidence, (int(predicted[confident].mode().values), float(confidence[confident].mean()))
+
+
 def make_noise(config: MonitorConfig, inputs: ModelInputs, names: Sequence[Name]) -> tuple[torch.Tensor, ...] | None:
     """The noise of ``integration.noise_samples`` copies of every example, one ``(J, B, ...)`` tensor per attributed
     input: ``N(0, sigma)`` with ``sigma = integration.noise_sigma * (max - min)`` of each example; ``None`` when off.

@@ -17,15 +17,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from ig_lightning.functional.baselines import special_token_baseline
-from ig_lightning.monitor.baselines import make_baselines, make_noise
+from ig_lightning.monitor.baselines import confident_class, make_baselines, make_noise
 from ig_lightning.monitor.config import DELTA_FLOOR, SPECIAL_TOKENS, MonitorConfig
 from ig_lightning.monitor.explainer import Explainer, layer_map, layer_scores
 from ig_lightning.monitor.targets import is_multi_hot, is_one_hot, resolve_targets
 from ig_lightning.monitor.probe import LAYER_INPUT_KEYS, Probe, first_val_dataloader, take_probe
 from ig_lightning.output.views import infer_kind
 
-#: The baseline is "predicted with high confidence" above this softmax probability (on most examples).
-BASELINE_CONFIDENCE = 0.9
 #: Warn when more than this share of the probe has ``|F(x) - F(baseline)| < DELTA_FLOOR``.
 BASELINE_FLAT_SHARE = 0.25
 
@@ -285,12 +283,11 @@ def warn_about_baseline(config: MonitorConfig, probe: Probe, outputs: torch.Tens
              "or keep the special tokens with baseline='special_tokens')")
     single = outputs.ndim == 1 or outputs.shape[1] == 1
     if not single and config.output_transform is None:
-        confidence, predicted = base_outputs.float().softmax(-1).max(-1)
-        confident = confidence > BASELINE_CONFIDENCE
-        if bool(confident.float().mean() > 0.5):
-            top = int(predicted[confident].mode().values)
+        _, found = confident_class(base_outputs)
+        if found is not None:
+            top, confidence = found
             rank_zero_warn(f"IntegratedGradientsMonitor: the model predicts the `baseline` as class {top} with "
-                           f"confidence {float(confidence[confident].mean()):.2f}: it is not neutral, and "
+                           f"confidence {confidence:.2f}: it is not neutral, and "
                            f"attributions then explain the distance from class {top}; {hints}")
     try:
         targets = resolve_targets(config.target, outputs, None if config.target == "prediction" else probe.labels)

@@ -16,11 +16,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ig_lightning.monitor._isolation import eval_mode
+from ig_lightning.monitor.baselines import confident_class
 from ig_lightning.monitor.config import MetricNames, MonitorConfig
 from ig_lightning.monitor.stages import Check, Stage
 
-#: The baseline is "predicted with high confidence" above this softmax probability (on most examples).
-BASELINE_CONFIDENCE = 0.9
 
 
 class BaselineWatch(Stage):
@@ -47,16 +46,15 @@ class BaselineWatch(Stage):
         outputs, _ = explainer.outputs(check.model, inputs.replace(dict(zip(explainer.names, bases))), check.batch)
         if outputs.ndim != 2 or outputs.shape[1] < 2:
             return
-        confidence, predicted = outputs.float().softmax(-1).max(-1)
+        confidence, found = confident_class(outputs)
         check.metrics[self.names["baseline_confidence"]] = float(confidence.mean())
-        confident = confidence > BASELINE_CONFIDENCE
-        if not self.warned and bool(confident.float().mean() > 0.5):
+        if not self.warned and found is not None:
             resolved = explainer.baselines if len(explainer.baselines) > 1 else explainer.baseline
             self.warned = True
-            top = int(predicted[confident].mode().values)
+            top, mean = found
             rank_zero_warn(f"IntegratedGradientsMonitor: at epoch {check.epoch} the model predicts the `baseline` "
                            f"({_describe(self.baseline, resolved)}) as class {top} with confidence "
-                           f"{float(confidence[confident].mean()):.2f}: it is no longer neutral, and the attributions "
+                           f"{mean:.2f}: it is no longer neutral, and the attributions "
                            f"explain the distance from class {top}; try another `baseline` (images: 'blur', "
                            "'uniform' or several averaged such as [0.0, 1.0]; text: another token id or "
                            "'special_tokens'); `ig/baseline_confidence` follows it")
@@ -261,10 +259,3 @@ def _describe(baseline: Any, resolved: Any = None) -> str:
         return f"a Tensor of shape {tuple(baseline.shape)}"
     text = repr(baseline)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _finite_mean(values: torch.Tensor) -> float:
-    kept = values[torch.isfinite(values)]
-    return float(kept.mean()) if kept.numel() else math.nan
-
-
