@@ -4,12 +4,8 @@ Re-initialise the model's layers one after another from the output down and comp
 model's attribution maps with the trained model's. Maps that barely change do not explain the model.
 Everything runs in plain PyTorch and leaves the model exactly as it found it.
 
-- :func:`randomizable_layers`: the layers that can be randomised, top (output) first; normalisation
-  layers are never listed (their "reset" is not random and BatchNorm statistics must not be touched).
-- :func:`randomized`: a context manager that re-initialises layers in place with their own
-  ``reset_parameters()`` under a forked RNG and restores them bit-exactly on exit.
-- :func:`cascade`: cumulative randomisation; ``attribute_fn()`` runs after the first ``k`` layers for
-  each ``k`` in ``points``.
+- :func:`randomizable_layers`, :func:`randomized`, :func:`cascade`: the layers, their in-place reset and its
+  bit-exact restore, the cumulative cascade (``ig_lightning.functional.randomization``).
 - :func:`rank_correlation`, :func:`informative_mask`, :func:`mean_similarity`: Spearman rank correlation
   per example, over the *informative* units only when a mask is given.
 - :func:`parameter_randomization`: all of the above in one call, returning a :class:`SanityResult`.
