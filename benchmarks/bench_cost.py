@@ -1,15 +1,17 @@
 """What a check costs, in training steps, part by part; and the overhead of whole runs (issue 23, items 2 and 4).
 
-``python -m benchmarks.bench_cost [--parts steps runs demo] [--epochs 4] [--run-epochs 3] [--repeats 3] [--threads 1]``
+``python -m benchmarks.bench_cost [--parts steps runs demo] [--epochs 4] [--run-epochs 3] [--long-epochs 20]
+[--repeats 3] [--threads 1]``
 
-**steps** (item 2). Real training with the monitor at its defaults (pictures on, a ``TensorBoardLogger`` to a
-temporary directory, so the pictures are really drawn, on the monitor's worker thread) of
+**steps** (item 2). Real training with the monitor at its defaults but checking at every epoch
+(``max_overhead=None``, so that every check is timed; pictures on, a ``TensorBoardLogger`` to a temporary directory,
+so the pictures are really drawn, on the monitor's worker thread) of
 
-- the digits CNN of ``examples/digits.py`` (``IntegratedGradientsMonitor()``),
+- the digits CNN of ``examples/digits.py`` (``IntegratedGradientsMonitor(max_overhead=None)``),
 - the small ResNet of ``benchmarks/bench_memory.py`` on generated 32x32 RGB images (10 classes, each a smooth
   colour pattern under noise: learnable in an epoch; batch 32),
 - the tiny BERT of ``examples/transformer.py`` (its ``make_monitor()``: the defaults, plus the layer to attribute
-  at and the names of its tokens and classes).
+  at and the names of its tokens and classes; the examples check at every epoch).
 
 Every training step is timed (``on_train_batch_start`` to ``on_train_batch_end``: forward, backward, optimizer
 step), and so is every check (the monitor's ``on_validation_epoch_end``, on the training thread), with its parts
@@ -18,12 +20,14 @@ is printed in *steps*: its time over the run's median training step. The first c
 sanity check) and the later ones (median of each part over them) are separate rows.
 
 **runs** (item 4). Whole ``fit`` wall times of the small ResNet with 300 training steps per epoch (batch 16) for
-``--run-epochs`` epochs: without the monitor, with it at its defaults, and with ``max_overhead=0.05``; interleaved,
-in a rotating order, ``--repeats`` times; medians. Also the monitor's own account (``budget.share()``, checks run).
+``--run-epochs`` epochs: without the monitor, with it at its defaults (``max_overhead=0.05``), and checking at every
+epoch (``max_overhead=None``); then ``--long-epochs`` epochs without the monitor and at its defaults. Interleaved, in
+a rotating order, ``--repeats`` times; medians. Also the monitor's own account (``budget.share()``, checks run).
 
-**demo**. The digits demo (``examples.digits.train``, the ``make demo`` settings, 10 epochs), without the monitor
-(``bench_overhead.one_run``), with it (pictures on the worker thread) and with ``display={"background": False}``
-(pictures drawn in line), interleaved the same way.
+**demo**. The digits demo (``examples.digits.train``, the ``make demo`` settings, 10 epochs, checking at every
+epoch), without the monitor (``bench_overhead.one_run``), with it (pictures on the worker thread), with
+``display={"background": False}`` (pictures drawn in line) and with the library's default budget
+``max_overhead=0.05``, interleaved the same way.
 """
 
 from __future__ import annotations
@@ -158,9 +162,11 @@ def model_run(name: str, epochs: int, root: str) -> dict[str, Any]:
     """One ``fit`` of ``name`` with the monitor at its defaults; steps, checks and drawings timed."""
     seed(0)
     if name == "digits CNN":
-        model, data, monitor = digits.DigitsCNN(), digits.DigitsDataModule(), IntegratedGradientsMonitor()
+        model, data, monitor = digits.DigitsCNN(), digits.DigitsDataModule(), \
+            IntegratedGradientsMonitor(max_overhead=None)
     elif name == "small ResNet":
-        model, data, monitor = small_resnet(), PatternImages(n=2500, batch_size=32), IntegratedGradientsMonitor()
+        model, data, monitor = small_resnet(), PatternImages(n=2500, batch_size=32), \
+            IntegratedGradientsMonitor(max_overhead=None)
     elif name == "tiny BERT":
         model, data, monitor = transformer.BertQuestionClassifier(), transformer.QuestionsDataModule(), \
             transformer.make_monitor()
@@ -300,6 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=["digits CNN", "small ResNet", "tiny BERT"])
     parser.add_argument("--epochs", type=int, default=4, help="epochs of each model in the steps table")
     parser.add_argument("--run-epochs", type=int, default=3, help="epochs of the 300-steps ResNet runs")
+    parser.add_argument("--long-epochs", type=int, default=20, help="epochs of the long 300-steps ResNet runs")
     parser.add_argument("--demo-epochs", type=int, default=10, help="epochs of the digits demo runs")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1,
@@ -313,14 +320,21 @@ def main(argv: list[str] | None = None) -> None:
     if "steps" in args.parts:
         steps_table(args)
     if "runs" in args.parts:
-        found = interleaved({"without monitor": None, "monitor at defaults": {},
-                             "max_overhead=0.05": {"max_overhead": 0.05}}, resnet_run, args.run_epochs, args.repeats)
+        found = interleaved({"without monitor": None, "monitor at defaults (max_overhead=0.05)": {},
+                             "max_overhead=None (every epoch)": {"max_overhead": None}}, resnet_run,
+                            args.run_epochs, args.repeats)
         per_epoch = found["without monitor"][0]["steps_per_epoch"]
         runs_table(f"Small ResNet, {per_epoch} training steps/epoch (batch 16), {args.run_epochs} epochs, "
                    f"{args.repeats} interleaved runs each (load average {load()}); goal at defaults <= 1.05x", found)
+        if args.long_epochs:
+            found = interleaved({"without monitor": None, "monitor at defaults (max_overhead=0.05)": {}},
+                                resnet_run, args.long_epochs, args.repeats)
+            runs_table(f"Small ResNet, {per_epoch} training steps/epoch (batch 16), {args.long_epochs} epochs, "
+                       f"{args.repeats} interleaved runs each (load average {load()})", found)
     if "demo" in args.parts:
         found = interleaved({"without monitor": None, "demo monitor, worker thread": {},
-                             'demo monitor, display={"background": False}': {"display": {"background": False}}},
+                             'demo monitor, display={"background": False}': {"display": {"background": False}},
+                             "demo monitor, max_overhead=0.05 (the library's default)": {"max_overhead": 0.05}},
                             demo_run, args.demo_epochs, args.repeats)
         runs_table(f"Digits demo (examples.digits, make demo settings), {args.demo_epochs} epochs, {args.repeats} "
                    f"interleaved runs each (load average {load()})", found)

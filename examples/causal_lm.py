@@ -133,7 +133,8 @@ def train(max_epochs: int = 3, side: Literal["left", "right"] = "left", root: st
     seed(0)
     model = NextTokenLM()
     train_set, val_set = pad(prompts(512, seed=0), side, 10), pad(prompts(64, seed=1), side, 10)
-    monitor = IntegratedGradientsMonitor(probe=8, layer=LAYER, target="prediction", baseline=PAD_ID)
+    monitor = IntegratedGradientsMonitor(probe=8, layer=LAYER, target="prediction", baseline=PAD_ID,
+                                         max_overhead=None)  # a run of seconds: check every epoch
     trainer = make_trainer("causal_lm", [monitor], max_epochs=max_epochs, root=root, verbose=verbose)
     trainer.fit(model, DataLoader(train_set, batch_size=32, shuffle=True), DataLoader(val_set, batch_size=32))
     return model, monitor

@@ -41,8 +41,12 @@ def quiet() -> None:
 
 def monitor_with(settings: dict[str, Any], overrides: dict[str, Any]) -> IntegratedGradientsMonitor:
     """The monitor of ``settings`` with ``overrides``; a settings object overridden by a dict keeps its other fields
-    (``alarm={"on_breach": "raise"}`` changes only ``on_breach``)."""
-    merged = dict(settings)
+    (``alarm={"on_breach": "raise"}`` changes only ``on_breach``).
+
+    The examples check at every epoch (``max_overhead=None``): their runs last seconds and a check costs more than an
+    epoch, so the default budget (``max_overhead=0.05``, the monitor's largest share of the run's time) would check
+    once and then wait longer than the run. In a run of real length, keep the default or set your own share."""
+    merged = {"max_overhead": None, **settings}
     for key, value in overrides.items():
         given = merged.get(key)
         if isinstance(value, dict) and dataclasses.is_dataclass(given):

@@ -73,10 +73,12 @@ class IntegratedGradientsMonitor(Callback):
             number of points of ``integration.method``.
         output_transform: ``"softmax"``, ``"log_softmax"``, ``"sigmoid"``, or a callable of the raw output.
         every_n_epochs: Check every ``n`` epochs.
-        max_overhead: A budget for the monitor: its largest share of the run's wall time (e.g. ``0.05``). Checks are
-            then spaced (on top of ``every_n_epochs``) so that the time the training thread spends in them stays
-            within it, estimating a check's cost by the last one's; the first check is never skipped, every rank
-            checks on the same epochs, and ``ig/overhead`` logs the share. ``None``: every ``every_n_epochs``.
+        max_overhead: A budget for the monitor: its largest share of the run's wall time (default 5%). Checks are
+            spaced (on top of ``every_n_epochs``) so that the time the training thread spends in them stays within
+            it, estimating a check's cost by the last one's; the first check is never skipped, every rank checks on
+            the same epochs, and ``ig/overhead`` logs the share. A check costs a few hundred training steps of a
+            small model (``benchmarks/README.md``): in a short run, 5% allows few checks. ``None``: check every
+            ``every_n_epochs``, whatever it costs.
         name: Several monitors in one trainer need distinct names: keys become ``ig/<name>/...``, the rules file
             ``ig_rules_<name>.jsonl``.
         inputs: ``Inputs``: which inputs are attributed, how a batch is unpacked, how an int probe is taken.
@@ -117,7 +119,7 @@ class IntegratedGradientsMonitor(Callback):
         output_transform: Literal["softmax", "log_softmax", "sigmoid"] | Callable[[Any], torch.Tensor]
         | None = None,
         every_n_epochs: int = 1,
-        max_overhead: float | None = None,
+        max_overhead: float | None = 0.05,
         name: str | None = None,
         inputs: Inputs | None = None,
         integration: Integration | None = None,
@@ -282,8 +284,9 @@ class IntegratedGradientsMonitor(Callback):
             self.budget.skipped += 1
             if self.budget.skipped == 1:
                 rank_zero_info(f"IntegratedGradientsMonitor: max_overhead={self.config.max_overhead} skips the check "
-                               f"of epoch {trainer.current_epoch} (the monitor took {self.budget.share():.1%} of the "
-                               "run so far; checks are spaced to stay within it, said once)")
+                               f"of epoch {trainer.current_epoch}: the monitor took {self.budget.share():.1%} of the "
+                               "run so far, and checks are spaced to stay within it (`ig/overhead`). Set a larger "
+                               "max_overhead for more checks, or max_overhead=None to check every epoch (said once)")
         return allowed
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -129,7 +129,7 @@ class MonitorConfig:
     n_steps: int | str = "auto"
     output_transform: Any = None
     every_n_epochs: int = 1
-    max_overhead: float | None = None
+    max_overhead: float | None = 0.05
     name: str | None = None
     inputs: Inputs = field(default_factory=Inputs)
     integration: Integration = field(default_factory=Integration)

@@ -148,6 +148,11 @@ def probe_areas(curves: dict[str, torch.Tensor], ok: torch.Tensor) -> dict[str, 
     return areas
 
 
+#: The most points per example of a randomised model's path (``n_steps="auto"``): a rank correlation needs
+#: no more.
+SANITY_MAX_STEPS = 64
+
+
 class Sanity(Stage):
     """The randomisation sanity check (Adebayo et al., NeurIPS 2018), at the first check and every
     ``faithfulness.sanity_every_n_checks``: the probe is attributed on the model with its layers re-initialised from
@@ -192,11 +197,14 @@ class Sanity(Stage):
         integration = config.integration
 
         def attribute() -> torch.Tensor:
+            notes = len(explainer.notes)
             with eval_mode(model), torch.autocast(model.device.type, enabled=False):
                 result = explainer.attribute(
                     check.trainer, model, check.probe.inputs, check.targets, None, n_steps=config.n_steps,
-                    method=integration.method, internal_batch_size=check.batch, tolerance=integration.tolerance,
-                    max_steps=integration.max_steps, delta_floor=1e-3)
+                    method=integration.method, internal_batch_size=check.batch,
+                    tolerance=self.settings.sanity_tolerance, max_steps=min(integration.max_steps, SANITY_MAX_STEPS),
+                    delta_floor=1e-3)
+            del explainer.notes[notes:]  # a randomised model's paths are not the user's: no convergence notes
             return explainer.scores(result, check.probe.inputs)[0]
 
         points = cascade_points(len(self.layers), self.settings.sanity_steps)

@@ -103,7 +103,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     root = tmp_path_factory.mktemp("transformer")
     seed(0)
     datamodule, model = T.QuestionsDataModule(n=1000), T.BertQuestionClassifier()
-    monitor, recorder = IntegratedGradientsMonitor(layer=T.LAYER, display=dict(vocabulary=T.TOKENIZER)), CallRecorder()
+    monitor, recorder = IntegratedGradientsMonitor(layer=T.LAYER, display=dict(vocabulary=T.TOKENIZER),
+                                                    max_overhead=None), CallRecorder()
     trainer = make_trainer("transformer", [recorder, monitor], max_epochs=3, root=root, verbose=False)
     trainer.fit(model, datamodule=datamodule)
     return Trained(model, datamodule, monitor, recorder, probe_batch(datamodule, monitor.probe.indices), root,

@@ -109,6 +109,24 @@ def test_a_fit_under_max_overhead_skips_checks_logs_its_share_and_trains_the_sam
         assert torch.equal(value, watched.state_dict()[key]), key
 
 
+@pytest.mark.budget_default
+def test_by_default_the_monitor_keeps_within_five_percent_and_says_so_once(tmp_path, monkeypatch, caplog):
+    assert IntegratedGradientsMonitor().config.max_overhead == 0.05
+    assert IntegratedGradientsMonitor(max_overhead=None).config.max_overhead is None  # every epoch
+    clock = Clock()
+    slow_completeness(monkeypatch, clock)
+    monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, faithfulness={"sanity_every_n_checks": 0})
+    monitor.budget = OverheadBudget(monitor.config.max_overhead, clock=clock)
+    record = Record(monitor)
+    with caplog.at_level(logging.INFO):
+        fit_cnn(tmp_path, monitor, max_epochs=12, callbacks=[record, SlowSteps(clock)])
+    # Epochs of 0.3 s, checks of 0.5 s: within 5% the next check needs (0.5 + 0.5) <= 0.05 * (elapsed + 0.5),
+    # 19.5 s: none in 12 epochs after the first, and the user is told once why.
+    assert record.epochs == [0] and monitor.budget.skipped == 11
+    said = [r.getMessage() for r in caplog.records if "max_overhead=0.05 skips" in r.getMessage()]
+    assert len(said) == 1 and "max_overhead=None" in said[0]
+
+
 def test_every_check_logs_its_overhead_and_the_time_of_each_part(tmp_path):
     monitor = IntegratedGradientsMonitor(probe=4, n_steps=4)
     fit_cnn(tmp_path, monitor, max_epochs=1)

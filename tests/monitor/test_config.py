@@ -106,6 +106,7 @@ BAD_ARGUMENTS = [
     ({"faithfulness": {"fill": "zeros"}}, ValueError, "`faithfulness.fill`"),
     ({"faithfulness": {"sanity_every_n_checks": -1}}, ValueError, "`faithfulness.sanity_every_n_checks` must be >= 0"),
     ({"faithfulness": {"sanity_steps": 0}}, ValueError, "`faithfulness.sanity_steps` must be >= 1"),
+    ({"faithfulness": {"sanity_tolerance": 0}}, ValueError, "`faithfulness.sanity_tolerance`"),
     ({"faithfulness": {"sanity_warn_above": 1.5}}, ValueError, "`faithfulness.sanity_warn_above` must be a share"),
     # baselines and noise
     ({"baseline": "blurred"}, ValueError, "`baseline` as a name must be one of"),

@@ -184,6 +184,35 @@ def _sanity():
     return Sanity
 
 
+def test_the_randomised_maps_use_the_sanity_tolerance_and_keep_their_notes_to_themselves(tmp_path, monkeypatch):
+    from ig_lightning.monitor.explainer import Explainer
+
+    calls, attribute = [], Explainer.attribute
+
+    def recorded(self, *args, **kwargs):
+        calls.append({k: kwargs.get(k) for k in ("tolerance", "max_steps")})
+        return attribute(self, *args, **kwargs)
+
+    monkeypatch.setattr(Explainer, "attribute", recorded)
+    found = {}
+    for tolerance in (0.01, 0.1, 1e-9):
+        calls.clear()
+        monitor = IntegratedGradientsMonitor(probe=8, integration={"tolerance": 0.02, "max_steps": 128},
+                                             faithfulness={"sanity_tolerance": tolerance})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit_cnn(tmp_path / str(tolerance), monitor, max_epochs=1)
+        # The trained model's maps keep integration.tolerance; the two randomised models' take sanity_tolerance,
+        # with at most 64 points per path.
+        assert calls[0] == {"tolerance": 0.02, "max_steps": 128}
+        assert calls[-2:] == [{"tolerance": tolerance, "max_steps": 64}] * 2
+        found[tolerance] = monitor.last_metrics["ig/sanity_spearman"]
+        # 1e-9 cannot be reached in 64 points, but a randomised model's paths are not the user's: no note of it.
+        assert not [w for w in caught if f"tolerance={tolerance}" in str(w.message)]
+    # A rank correlation needs no 1% accuracy.
+    assert found[0.1] == pytest.approx(found[0.01], abs=0.05)
+
+
 def test_the_sanity_check_warns_when_the_maps_show_the_input_more_than_the_model(tmp_path):
     # A linear model on features of very different scales: IG = (x - 0) * w is ranked by |x| whatever w is.
     g = torch.Generator().manual_seed(0)
