@@ -24,6 +24,9 @@ sanity check) and the later ones (median of each part over them) are separate ro
 epoch (``max_overhead=None``); then ``--long-epochs`` epochs without the monitor and at its defaults. Interleaved, in
 a rotating order, ``--repeats`` times; medians. Also the monitor's own account (``budget.share()``, checks run).
 
+**sanity** (not run by default). The sanity stage's ``ig/sanity_spearman`` and time at the first check with
+``faithfulness.sanity_tolerance`` 0.01 and 0.1, for each model and 2-3 seeds (one epoch each).
+
 **demo**. The digits demo (``examples.digits.train``, the ``make demo`` settings, 10 epochs, checking at every
 epoch), without the monitor (``bench_overhead.one_run``), with it (pictures on the worker thread), with
 ``display={"background": False}`` (pictures drawn in line) and with the library's default budget
@@ -237,6 +240,40 @@ def steps_table(args: argparse.Namespace) -> list[dict[str, Any]]:
     return runs
 
 
+# --- the sanity check's tolerance ----------------------------------------------------------------
+
+
+def sanity_run(name: str, run_seed: int, tolerance: float, root: str) -> dict[str, float]:
+    """One epoch of ``name`` with the monitor checking at every epoch and ``faithfulness.sanity_tolerance``: the
+    first check's ``ig/sanity_spearman`` and the seconds of its sanity stage and of its IG."""
+    seed(run_seed)
+    settings = {"faithfulness": {"sanity_tolerance": tolerance}, "max_overhead": None}
+    if name == "digits CNN":
+        model, data, monitor = digits.DigitsCNN(), digits.DigitsDataModule(), IntegratedGradientsMonitor(**settings)
+    elif name == "small ResNet":
+        model, data = small_resnet(), PatternImages(n=2500, batch_size=32, seed=run_seed)
+        monitor = IntegratedGradientsMonitor(**settings)
+    else:
+        model, data, monitor = transformer.BertQuestionClassifier(), transformer.QuestionsDataModule(), \
+            transformer.make_monitor(**settings)
+    trainer = make_trainer("sanity", [monitor], max_epochs=1, root=root, verbose=False, num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=data)
+    return {"rho": monitor.last_metrics["ig/sanity_spearman"], "sanity": monitor.last_timings["Sanity"],
+            "ig": monitor.last_timings["attribution"]}
+
+
+def sanity_table(args: argparse.Namespace) -> None:
+    print("\nThe sanity check at faithfulness.sanity_tolerance 0.01 and 0.1 (the first check, after one epoch)\n")
+    print("| model | seed | ig/sanity_spearman 0.01 / 0.1 | sanity stage s 0.01 / 0.1 | IG s |")
+    print("| --- | --- | --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as root:
+        for name in args.models:
+            for run_seed in (0, 1, 2) if name == "digits CNN" else (0, 1):
+                a, b = (sanity_run(name, run_seed, t, root) for t in (0.01, 0.1))
+                print(f"| {name} | {run_seed} | {a['rho']:.3f} / {b['rho']:.3f} | {a['sanity']:.2f} / "
+                      f"{b['sanity']:.2f} | {b['ig']:.2f} |", flush=True)
+
+
 # --- whole runs ----------------------------------------------------------------------------------
 
 
@@ -302,7 +339,8 @@ def load() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", default=["steps", "runs", "demo"], choices=["steps", "runs", "demo"])
+    parser.add_argument("--parts", nargs="+", default=["steps", "runs", "demo"],
+                        choices=["steps", "runs", "demo", "sanity"])
     parser.add_argument("--models", nargs="+", default=["digits CNN", "small ResNet", "tiny BERT"])
     parser.add_argument("--epochs", type=int, default=4, help="epochs of each model in the steps table")
     parser.add_argument("--run-epochs", type=int, default=3, help="epochs of the 300-steps ResNet runs")
@@ -319,6 +357,8 @@ def main(argv: list[str] | None = None) -> None:
           flush=True)
     if "steps" in args.parts:
         steps_table(args)
+    if "sanity" in args.parts:
+        sanity_table(args)
     if "runs" in args.parts:
         found = interleaved({"without monitor": None, "monitor at defaults (max_overhead=0.05)": {},
                              "max_overhead=None (every epoch)": {"max_overhead": None}}, resnet_run,

@@ -372,8 +372,8 @@ class Faithfulness(_Settings):
         sanity_steps: Points of the cascade attributed (the top layer, ..., every layer); each costs one IG.
         sanity_tolerance: With ``n_steps="auto"``, the accuracy target of the randomised models' maps (the trained
             model's keep ``integration.tolerance``), with at most 64 points per path. A rank correlation needs no 1%
-            accuracy: against 0.01, 0.1 cut the sanity stage's time 2.5-8x and moved ``ig/sanity_spearman`` by at
-            most 0.011 (digits CNN, tiny BERT, small ResNet; ``docs/trust.md``).
+            accuracy: against 0.01, 0.1 cut the sanity stage's time 1.5-3x and moved ``ig/sanity_spearman`` by at
+            most 0.007 (digits CNN, tiny BERT, small ResNet; ``docs/trust.md``).
         sanity_warn_above: Warn when the maps of the fully randomised model keep a rank correlation of
             ``|attribution|`` above this with the trained model's (over the units that differ from the baseline).
             Measured (``benchmarks/bench_trust.py``): 0.13-0.52 for the default baselines of the examples, 0.65 for

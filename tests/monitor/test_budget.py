@@ -7,6 +7,7 @@ import logging
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 from conftest import TinyCNN, fit_cnn, loaders, trainer
 
 from ig_lightning import IntegratedGradientsMonitor
@@ -118,11 +119,14 @@ def test_by_default_the_monitor_keeps_within_five_percent_and_says_so_once(tmp_p
     monitor = IntegratedGradientsMonitor(probe=4, n_steps=4, faithfulness={"sanity_every_n_checks": 0})
     monitor.budget = OverheadBudget(monitor.config.max_overhead, clock=clock)
     record = Record(monitor)
+    # EarlyStopping on an ig/ scalar (strict): a skipped epoch keeps the last check's value, so it never fails. Its
+    # patience would count those epochs as no improvement (docs/usage.md): thresholds are what work across gaps.
+    stopper = EarlyStopping(monitor="ig/completeness_error", mode="min", divergence_threshold=10.0, patience=100)
     with caplog.at_level(logging.INFO):
-        fit_cnn(tmp_path, monitor, max_epochs=12, callbacks=[record, SlowSteps(clock)])
+        t, _ = fit_cnn(tmp_path, monitor, max_epochs=12, callbacks=[record, SlowSteps(clock), stopper])
     # Epochs of 0.3 s, checks of 0.5 s: within 5% the next check needs (0.5 + 0.5) <= 0.05 * (elapsed + 0.5),
     # 19.5 s: none in 12 epochs after the first, and the user is told once why.
-    assert record.epochs == [0] and monitor.budget.skipped == 11
+    assert record.epochs == [0] and monitor.budget.skipped == 11 and t.current_epoch == 12
     said = [r.getMessage() for r in caplog.records if "max_overhead=0.05 skips" in r.getMessage()]
     assert len(said) == 1 and "max_overhead=None" in said[0]
 
