@@ -1,4 +1,4 @@
-"""The Lightning callback: Integrated Gradients on a fixed probe batch, every validation epoch.
+"""The Lightning callback: Integrated Gradients on a fixed probe batch, at validation epochs, within a time budget.
 
 Data flows one way: the probe (``probe``) -> the checks before training (``preflight``) -> a check: the
 attribution (``explainer``), then its ``stages`` -> the breach ``policy`` and rank-zero pictures (``report``).
@@ -41,7 +41,7 @@ S = TypeVar("S")
 
 
 class IntegratedGradientsMonitor(Callback):
-    r"""Integrated Gradients on a fixed probe batch at every validation epoch, logged and watched.
+    r"""Integrated Gradients on a fixed probe batch at validation epochs (within ``max_overhead``), logged and watched.
 
     Each check attributes the model's output on the probe (taken once, kept fixed), then runs its stages
     (``ig_lightning.monitor.stages``): completeness, drift and its alarm, rules, the deletion check, pictures.
