@@ -123,12 +123,15 @@ def test_by_default_the_monitor_keeps_within_five_percent_and_says_so_once(tmp_p
     # patience would count those epochs as no improvement (docs/usage.md): thresholds are what work across gaps.
     stopper = EarlyStopping(monitor="ig/completeness_error", mode="min", divergence_threshold=10.0, patience=100)
     with caplog.at_level(logging.INFO):
-        t, _ = fit_cnn(tmp_path, monitor, max_epochs=12, callbacks=[record, SlowSteps(clock), stopper])
+        t, model = fit_cnn(tmp_path, monitor, max_epochs=12, callbacks=[record, SlowSteps(clock), stopper])
     # Epochs of 0.3 s, checks of 0.5 s: within 5% the next check needs (0.5 + 0.5) <= 0.05 * (elapsed + 0.5),
     # 19.5 s: none in 12 epochs after the first, and the user is told once why.
     assert record.epochs == [0] and monitor.budget.skipped == 11 and t.current_epoch == 12
     said = [r.getMessage() for r in caplog.records if "max_overhead=0.05 skips" in r.getMessage()]
     assert len(said) == 1 and "max_overhead=None" in said[0]
+    # The trained model's own check: trainer.validate always checks, whatever the budget says.
+    t.validate(model, loaders()[1], verbose=False)
+    assert monitor.checks == 2 and monitor.last_metrics["ig/completeness_error"] >= 0
 
 
 def test_every_check_logs_its_overhead_and_the_time_of_each_part(tmp_path):
