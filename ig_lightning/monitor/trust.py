@@ -21,7 +21,6 @@ from ig_lightning.monitor.config import MetricNames, MonitorConfig
 from ig_lightning.monitor.stages import Check, Stage
 
 
-
 class BaselineWatch(Stage):
     """The model's top-class probability at the (first) baseline, ``ig/baseline_confidence``, at every check; a
     warning (once per run) when most of the probe's baselines are predicted as one class with high confidence.

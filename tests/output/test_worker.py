@@ -339,9 +339,12 @@ def test_a_monitor_and_a_started_reporter_can_be_copied_and_pickled(tmp_path):
 
 
 def test_the_worker_draws_on_one_torch_thread_and_leaves_the_training_threads_count_alone():
-    seen = []
-    worker = Worker()
-    before = torch.get_num_threads()
-    worker.submit(lambda: seen.append(torch.get_num_threads()))
-    worker.close()
-    assert seen == [1] and torch.get_num_threads() == before
+    seen, before = [], torch.get_num_threads()
+    torch.set_num_threads(2)  # the training thread's count: two, so that one on the worker is its own doing
+    try:
+        worker = Worker()
+        worker.submit(lambda: seen.append(torch.get_num_threads()))
+        worker.close()
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
